@@ -1,0 +1,1 @@
+"""pytest11 entry point (filled in by the foundation work)."""
