@@ -279,8 +279,9 @@ def _parse(text: str, kind: str) -> Quantity:
     while pos < len(text):
         m = _NUMBER.match(text, pos)
         if m is None:
-            what = "a number" if first else "a number or the end of the value"
-            raise UnitsError(kind, text, f"expected {what}", (pos, len(text)))
+            if first:
+                raise UnitsError(kind, text, "expected a number", (pos, len(text)))
+            raise UnitsError(kind, text, "unexpected text after the value", (pos, len(text)))
         token = m.group()
         if not first and token[0] in "+-":
             raise UnitsError(kind, text, "a sign is only allowed at the start", m.span())
