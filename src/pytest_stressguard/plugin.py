@@ -1,1 +1,28 @@
-"""pytest11 entry point (filled in by the foundation work)."""
+"""pytest11 entry point `stressguard`: options, markers, configure. Every other hook lives on
+the StressGuardPlugin object registered here (`-p no:stressguard` disables it all)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_stressguard import settings as _settings
+from pytest_stressguard.markers import MARKERS, marker_help
+
+PLUGIN_NAME = "stressguard-session"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    _settings.addoption(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in MARKERS:
+        config.addinivalue_line("markers", marker_help(name))
+    from pytest_stressguard import fixtures
+    from pytest_stressguard.hooks import StressGuardPlugin, XdistHooks
+
+    plugin = StressGuardPlugin(config, _settings.load_settings(config))
+    config.pluginmanager.register(plugin, PLUGIN_NAME)
+    config.pluginmanager.register(fixtures, "stressguard-fixtures")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(plugin.store), "stressguard-xdist")

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install everything into .venv and run the examples suite against the embedded demo service.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[examples]"
+.venv/bin/python -m pytest -p no:cacheprovider examples --stressguard-time-scale="${STRESSGUARD_TIME_SCALE:-0.05}" \
+  --stressguard-json=stressguard-report.json "$@"

@@ -1,0 +1,58 @@
+"""Turning a pytest test function into a body the engines can call, sync or async."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def _original(obj: Any) -> Any:
+    """pytest-asyncio replaces an async test with a sync wrapper (functools.wraps): unwrap it."""
+    fn = obj
+    while not inspect.iscoroutinefunction(fn) and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn if inspect.iscoroutinefunction(fn) else obj
+
+
+def test_kwargs(item: pytest.Function) -> dict[str, Any]:
+    fn = _original(item.obj)
+    params = inspect.signature(fn).parameters
+    return {name: item.funcargs[name] for name in params if name in item.funcargs}
+
+
+def is_async(item: pytest.Function) -> bool:
+    return inspect.iscoroutinefunction(_original(item.obj))
+
+
+def sync_body(item: pytest.Function) -> Callable[[], object]:
+    fn = item.obj
+    kwargs = test_kwargs(item)
+    return lambda: fn(**kwargs)
+
+
+def async_body(item: pytest.Function) -> Callable[[], Awaitable[object]]:
+    fn = _original(item.obj)
+    kwargs = test_kwargs(item)
+    return lambda: fn(**kwargs)  # type: ignore[no-any-return]
+
+
+def run_coroutine(item: pytest.Function, coro: Coroutine[Any, Any, T]) -> T:
+    """Run on the test's loop: pytest-asyncio's (set as the current loop by its runner fixture)
+    when it handles the test, else a fresh loop of our own."""
+    if item.get_closest_marker("asyncio") is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                loop = asyncio.get_event_loop()
+            except RuntimeError:
+                loop = None
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            return loop.run_until_complete(coro)
+    return asyncio.run(coro)

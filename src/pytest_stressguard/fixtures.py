@@ -1,0 +1,90 @@
+"""Fixtures: thin adapters from pytest to the core objects."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from pytest_stressguard import kinds
+from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
+from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
+from pytest_stressguard.markers import MarkerError, load as load_marker
+from pytest_stressguard.verdict import Verdict
+
+
+def _settings(config: pytest.Config) -> Any:
+    from pytest_stressguard.hooks import SETTINGS_KEY
+
+    return config.stash[SETTINGS_KEY]
+
+
+def _keep(item: pytest.Item, record: dict[str, Any], verdict: Verdict | None) -> None:
+    from pytest_stressguard.hooks import RECORDS_KEY, VERDICTS_KEY
+
+    item.stash.setdefault(RECORDS_KEY, []).append(record)
+    if verdict is not None:
+        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
+
+
+class LoadRunner:
+    """The engine behind @load, for explicit use inside a test."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self._settings = _settings(item.config)
+        self.results: list[LoadResult] = []
+
+    def _spec(self, **kwargs: Any) -> LoadSpec:
+        try:
+            mark = load_marker(**kwargs)
+        except (MarkerError, TypeError) as exc:
+            raise pytest.UsageError(f"load_runner.run: {exc}") from None
+        return kinds.to_load_spec(mark.scaled(self._settings.time_scale))
+
+    def run(self, fn: Callable[[], object] | Callable[[], Awaitable[object]], *,
+            users: int = 1, **kwargs: Any) -> LoadResult:
+        """Run `fn` under load (sync: threads; async: tasks on a loop of our own) and record the
+        result under this test. Arguments as @pytest.mark.load."""
+        spec = self._spec(users=users, **kwargs)
+        engine = Engine()
+        if inspect.iscoroutinefunction(fn):
+            import asyncio
+
+            result = asyncio.run(engine.run_async(fn, spec))
+        else:
+            result = engine.run_sync(fn, spec)  # type: ignore[arg-type]
+        self.results.append(result)
+        _keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
+                           **kinds.load_entry(result), "thresholds": []}, None)
+        return result
+
+    async def run_async(self, fn: Callable[[], Awaitable[object]], *, users: int = 1,
+                        **kwargs: Any) -> LoadResult:
+        """Like run(), from inside an async test: users are tasks on the running loop."""
+        spec = self._spec(users=users, **kwargs)
+        result = await Engine().run_async(fn, spec)
+        self.results.append(result)
+        _keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
+                           **kinds.load_entry(result), "thresholds": []}, None)
+        return result
+
+    def check(self, result: LoadResult, sla: Sequence[str]) -> list[ThresholdResult]:
+        """Evaluate thresholds; fail the test with every threshold, its value and verdict."""
+        try:
+            thresholds = parse_thresholds(sla)
+        except ThresholdError as exc:
+            raise pytest.UsageError(f"load_runner.check: {exc}") from None
+        verdict = kinds.load_verdict(result, thresholds)
+        if not verdict.ok:
+            pytest.fail(verdict.long_repr(self._item.nodeid) + "\n\n" + verdict.section(),
+                        pytrace=False)
+        return list(verdict.results)
+
+
+@pytest.fixture
+def load_runner(request: pytest.FixtureRequest) -> LoadRunner:
+    """Run a callable under load: `load_runner.run(fn, users=.., duration=..)`."""
+    return LoadRunner(request.node)

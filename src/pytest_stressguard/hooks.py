@@ -1,0 +1,255 @@
+"""StressGuardPlugin: the one object that carries every hook after configure."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from pytest_stressguard import kinds
+from pytest_stressguard.markers import MARKERS, MarkerError, bind_mark
+from pytest_stressguard.report.progress import ProgressPrinter
+from pytest_stressguard.session import SessionOutcome, decide_session
+from pytest_stressguard.settings import Settings
+from pytest_stressguard.store import ProcessStats, SessionStore, TrendPoint
+from pytest_stressguard.verdict import SECTION, STATUS_LETTER, STATUS_WORD, Verdict
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+STORE_KEY = pytest.StashKey[SessionStore]()
+OUTCOME_KEY = pytest.StashKey[SessionOutcome]()
+MARK_KEY = pytest.StashKey[tuple[str, Any]]()
+RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
+RSS_KEY = pytest.StashKey[int]()
+
+RUNNERS = {
+    "load": kinds.run_load,
+    "stress": kinds.run_stress,
+}
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss() -> int:
+    """Resident set size of this process; /proc is ~10x cheaper than psutil on the hot path."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if os.uname().sysname == "Darwin" else 1024)
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def worker_id(config: pytest.Config) -> str:
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else "main"
+
+
+def marks_of(node: Any) -> list[tuple[str, Any]]:
+    return [(m.name, m) for m in node.iter_markers() if m.name in MARKERS]
+
+
+def bind_item_mark(nodeid: str, node: Any) -> tuple[str, Any] | None:
+    """The one stressguard mark of a test, bound to its spec; raises MarkerError naming the test."""
+    found = marks_of(node)
+    if not found:
+        return None
+    names = sorted({name for name, _ in found})
+    if len(names) > 1:
+        raise MarkerError(f"{nodeid}: a test takes one of @load, @stress, @soak, @concurrent; "
+                          f"found {', '.join('@' + n for n in names)}")
+    name, mark = found[0]  # the closest one wins, like any pytest marker
+    try:
+        return name, bind_mark(name, mark.args, dict(mark.kwargs))
+    except MarkerError as exc:
+        raise MarkerError(f"{nodeid}: @pytest.mark.{name}: {exc}") from None
+
+
+class StressGuardPlugin:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.store = SessionStore()
+        self.worker = worker_id(config)
+        self.progress = ProgressPrinter(config, settings.progress)
+        config.stash[SETTINGS_KEY] = settings
+        config.stash[STORE_KEY] = self.store
+
+    # -- collection: validate every mark before anything runs ---------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        try:
+            bind_item_mark(metafunc.definition.nodeid, metafunc.definition)
+        except MarkerError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        errors = []
+        for item in items:
+            try:
+                bound = bind_item_mark(item.nodeid, item)
+            except MarkerError as exc:  # marks added per parameter, unseen by generate_tests
+                errors.append(str(exc))
+                continue
+            if bound is not None:
+                item.stash[MARK_KEY] = bound
+        if errors:
+            raise pytest.UsageError("\n".join(errors))
+
+    # -- running ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        bound = pyfuncitem.stash.get(MARK_KEY, None)
+        if bound is None:
+            return None  # unmarked tests pass through untouched
+        kind, spec = bound
+        runner = RUNNERS[kind]
+        sink = self.progress.sink(pyfuncitem.nodeid, kind)
+        try:
+            record, verdict = runner(pyfuncitem, spec, self.settings, sink)
+        except kinds.Interrupted as exc:
+            self.keep(pyfuncitem, {**exc.record, "interrupted": True}, exc.verdict)
+            raise KeyboardInterrupt from None
+        finally:
+            self.progress.done()
+        self.keep(pyfuncitem, record, verdict)
+        return True
+
+    def keep(self, item: pytest.Item, record: dict[str, Any], verdict: Verdict) -> None:
+        item.stash.setdefault(RECORDS_KEY, []).append(record)
+        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        item.stash[RSS_KEY] = current_rss()
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "call":
+            rss = current_rss()
+            before = item.stash.get(RSS_KEY, rss)
+            report.stressguard_trend = [rss, rss - before, self.worker]  # type: ignore[attr-defined]
+        records = item.stash.get(RECORDS_KEY, [])
+        verdicts = item.stash.get(VERDICTS_KEY, [])
+        # Records are reported with the phase that produced them (call, or the teardown of a
+        # fixture such as db_pool_probe), then forgotten so none is sent twice.
+        if records:
+            report.stressguard = [  # type: ignore[attr-defined]
+                {**r, "nodeid": item.nodeid, "worker": self.worker} for r in records
+            ]
+            item.stash[RECORDS_KEY] = []
+        failed = [v for v in verdicts if not v.ok]
+        if verdicts:
+            item.stash[VERDICTS_KEY] = []
+            report.sections.append((f"{SECTION} ({call.when})",
+                                    "\n\n".join(v.section() for v in verdicts)))
+        if failed and report.outcome != "failed":
+            report.outcome = "failed"
+            report.longrepr = "\n".join(v.long_repr(item.nodeid) for v in failed)
+            report.stressguard_failed = True  # type: ignore[attr-defined]
+        return report
+
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport, config: pytest.Config
+    ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+        if getattr(report, "stressguard_failed", False) and report.failed:
+            return "failed", STATUS_LETTER, (STATUS_WORD, {"red": True})
+        return None
+
+    # -- gathering (here or from xdist workers: the same reports arrive) ----------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for record in getattr(report, "stressguard", None) or []:
+            self.store.add_record({**record, "outcome": report.outcome, "when": report.when})
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            self.store.outcomes[report.nodeid] = report.outcome
+        elif report.when == "teardown" and report.failed:
+            self.store.outcomes[report.nodeid] = "failed"
+        trend = getattr(report, "stressguard_trend", None)
+        if trend and report.when == "call":
+            rss_after, delta, worker = trend
+            self.store.trends.append(TrendPoint(report.nodeid, report.outcome, report.duration,
+                                                int(rss_after), int(delta), str(worker),
+                                                time.time()))
+        # Outcomes of records depend on the whole test (a failed teardown gate fails it).
+        if report.when == "teardown":
+            final = self.store.outcomes.get(report.nodeid)
+            for record in self.store.records:
+                if record.get("nodeid") == report.nodeid and final:
+                    record["outcome"] = final
+
+    # -- the session result: decided here, printed in the terminal summary --------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            if not is_worker(self.config):
+                self.store.processes.setdefault(self.worker, self.own_process_stats())
+                outcome = decide_session(self.store, self.settings, self.config)
+                self.config.stash[OUTCOME_KEY] = outcome
+                if outcome.failed and not session.shouldfail:
+                    session.testsfailed += 1
+
+    def own_process_stats(self) -> ProcessStats:
+        series = [(p.finished_at - self.store.started, p.rss_after) for p in self.store.trends
+                  if p.worker == self.worker]
+        return ProcessStats(self.worker, peak_rss(), series[-2000:])
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if is_worker(self.config):
+            workeroutput = self.config.workeroutput  # type: ignore[attr-defined]
+            workeroutput["stressguard"] = {"process": self.own_process_stats().to_dict()}
+            return
+        from pytest_stressguard.report import outputs
+
+        outputs.write_all(self.config, self.store, self.settings,
+                          self.config.stash.get(OUTCOME_KEY, None), int(exitstatus))
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
+                                config: pytest.Config) -> None:
+        if config.get_verbosity() < 0 and not self.store.records \
+                and OUTCOME_KEY not in config.stash:
+            return
+        from pytest_stressguard.report.terminal import write_summary
+
+        write_summary(terminalreporter, self.store, config.stash.get(OUTCOME_KEY, None),
+                      self.settings)
+
+
+class XdistHooks:
+    """Registered only when xdist is active: collect per-process figures from workers."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        workerid = str(node.workerinput["workerid"]) if hasattr(node, "workerinput") else "?"
+        data = getattr(node, "workeroutput", {}).get("stressguard")
+        if data is None:
+            self.store.lost_workers.append(workerid)
+            return
+        self.store.processes[workerid] = ProcessStats.from_dict(data["process"])

@@ -1,0 +1,169 @@
+"""Running a marked test: one function per kind, each returning a plain record and a verdict.
+
+A record is the test's entry of the JSON report (SPEC "The JSON report"), plain data only, so it
+can ride on the test report across xdist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+from pytest_stressguard import bodies
+from pytest_stressguard.core import stress as stress_core
+from pytest_stressguard.core.engine import Engine, LoadInterrupted, LoadResult, LoadSpec, Stage
+from pytest_stressguard.core.thresholds import Threshold, evaluate, parse_threshold
+from pytest_stressguard.markers import LoadMark, StressMark
+from pytest_stressguard.settings import Settings
+from pytest_stressguard.verdict import Verdict
+
+DEFAULT_SLA = (parse_threshold("errors==0"),)
+
+ProgressSink = Callable[[Any], None]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a marked test; carries what was measured so the report keeps it."""
+
+    def __init__(self, record: dict[str, Any], verdict: Verdict) -> None:
+        super().__init__("interrupted")
+        self.record = record
+        self.verdict = verdict
+
+
+def effective_sla(own: Sequence[Threshold], settings: Settings) -> tuple[Threshold, ...]:
+    return tuple(own) or settings.sla or DEFAULT_SLA
+
+
+def load_entry(result: LoadResult) -> dict[str, Any]:
+    """The figures every load-like entry of the JSON report carries (units fixed by SPEC)."""
+    latency = result.latency.percentiles_ms() if result.latency.count else {}
+    sat = result.saturation
+    return {
+        "iterations": result.iterations,
+        "errors": result.errors,
+        "error_rate": result.error_rate,
+        "dropped": result.dropped,
+        "rps": result.rps,
+        "duration_s": result.duration_s,
+        "latency_ms": latency,
+        "histogram": result.latency.encode(),
+        "timeline": [asdict(row) for row in result.timeline],
+        "endpoints": {name: ep.to_dict() for name, ep in result.endpoints.items()},
+        "errors_by_kind": dict(result.errors_by_kind),
+        "saturated": sat.saturated,
+        "saturation": {"cpu_ratio": sat.cpu_ratio, "loop_lag_p99_ms": sat.loop_lag_p99_ms,
+                       "reason": sat.reason},
+        "warnings": list(result.warnings),
+        "interrupted": bool(getattr(result, "interrupted", False)),
+    }
+
+
+def to_load_spec(mark: LoadMark) -> LoadSpec:
+    return LoadSpec(
+        users=mark.users,
+        duration=mark.duration,
+        iterations=mark.iterations,
+        ramp_up=mark.ramp_up,
+        rate=mark.rate,
+        max_users=mark.max_users,
+        stages=tuple(Stage(s.duration, s.target, s.kind) for s in mark.stages),  # type: ignore[arg-type]
+        think_time=mark.think_time,
+        warmup=mark.warmup,
+    )
+
+
+def run_spec(item: pytest.Function, spec: LoadSpec, progress: ProgressSink | None) -> LoadResult:
+    engine = Engine(progress=progress)
+    if bodies.is_async(item):
+        return bodies.run_coroutine(item, engine.run_async(bodies.async_body(item), spec))
+    return engine.run_sync(bodies.sync_body(item), spec)
+
+
+def _endpoint_metrics(result: LoadResult) -> dict[str, dict[str, float | None]]:
+    return {name: ep.metrics() for name, ep in result.endpoints.items()}
+
+
+def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
+    checks = evaluate(sla, result.metrics(), _endpoint_metrics(result))
+    notes = []
+    if result.saturation.saturated:
+        notes.append(f"WARNING generator saturated: {result.saturation.reason} — latencies "
+                     f"measure the client, not the server")
+    notes += [f"WARNING {w}" for w in result.warnings]
+    if result.errors_by_kind:
+        top = sorted(result.errors_by_kind.items(), key=lambda kv: -kv[1])[:5]
+        notes += [f"errors: {n} x {kind}" for kind, n in top]
+    return Verdict("load", tuple(checks), notes=tuple(notes))
+
+
+def run_load(item: pytest.Function, mark: LoadMark, settings: Settings,
+             progress: ProgressSink | None) -> tuple[dict[str, Any], Verdict]:
+    mark = mark.scaled(settings.time_scale)
+    sla = effective_sla(mark.sla, settings)
+    try:
+        result = run_spec(item, to_load_spec(mark), progress)
+    except LoadInterrupted as exc:
+        verdict = load_verdict(exc.result, sla)
+        raise Interrupted({**load_entry(exc.result), "kind": "load"}, verdict) from None
+    verdict = load_verdict(result, sla)
+    record = {"kind": "load", **load_entry(result), "thresholds": verdict.to_list()}
+    return record, verdict
+
+
+def run_stress(item: pytest.Function, mark: StressMark, settings: Settings,
+               progress: ProgressSink | None) -> tuple[dict[str, Any], Verdict]:
+    mark = mark.scaled(settings.time_scale)
+    sla = effective_sla(mark.sla, settings)
+
+    def step(level: float) -> LoadResult:
+        if mark.kind == "rate":
+            spec = LoadSpec(rate=level, duration=mark.step_duration, max_users=mark.max_users,
+                            think_time=mark.think_time)
+        else:
+            spec = LoadSpec(users=int(level), duration=mark.step_duration,
+                            think_time=mark.think_time)
+        try:
+            return run_spec(item, spec, progress)
+        except LoadInterrupted as exc:
+            exc.result.interrupted = True
+            return exc.result
+
+    levels = stress_core.levels(mark.start, mark.step, mark.maximum)
+    result = stress_core.search(step, levels, sla, kind=mark.kind, recovery=mark.recovery)
+    checks = [c for s in result.steps[-1:] for c in s.checks]  # the step that decided
+    checks += stress_core.final_checks(result, sla)
+    problems = []
+    unit = "users" if mark.kind == "users" else "/s"
+    if mark.expect_capacity is not None and (result.capacity or 0) < mark.expect_capacity:
+        got = "none (the first step broke the SLA)" if result.capacity is None else \
+            f"{result.capacity:g} {unit}"
+        problems.append(f"capacity {got} is below the expected {mark.expect_capacity:g} {unit}")
+    if result.recovered is False and result.recovery is not None:
+        why = "; ".join(c.describe() for c in result.recovery.checks if not c.ok)
+        problems.append(f"no recovery at {result.recovery.level:g} {unit}: {why}")
+    notes = []
+    if result.broke_at is None and not result.interrupted:
+        notes.append(f"the SLA held up to the maximum ({mark.maximum:g} {unit}): "
+                     f"capacity is at least that")
+    if any(s.result.saturation.saturated for s in result.steps):
+        notes.append("WARNING generator saturated during the search: the breaking point may be "
+                     "the client's, not the server's")
+    # The last step's violations explain where it broke; they do not fail the test by themselves.
+    decided = [c for c in checks if c.threshold.metric in stress_core.FINAL_METRICS]
+    verdict = Verdict("stress", tuple(decided), tuple(problems),
+                      notes=tuple(c.describe() for c in checks
+                                  if c.threshold.metric not in stress_core.FINAL_METRICS) +
+                      tuple(notes))
+    merged = result.merged()
+    record: dict[str, Any] = {"kind": "stress"}
+    if merged is not None:
+        record.update(load_entry(merged))
+    record["stress"] = result.to_dict()
+    record["thresholds"] = verdict.to_list()
+    if result.interrupted:
+        raise Interrupted(record, verdict)
+    return record, verdict

@@ -1,0 +1,1 @@
+"""Reporting: terminal summary, JSON, CSV, HTML, baselines."""

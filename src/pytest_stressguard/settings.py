@@ -1,0 +1,210 @@
+"""Options: one group, one prefix, CLI > env > ini > default, resolved in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pytest
+
+from pytest_stressguard.core.thresholds import (
+    CompareRule,
+    Threshold,
+    ThresholdError,
+    parse_compare,
+    parse_threshold,
+)
+
+Progress = Literal["auto", "on", "off"]
+
+
+def _threshold_type(text: str) -> str:
+    try:
+        parse_threshold(text)
+    except ThresholdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _compare_type(text: str) -> str:
+    try:
+        parse_compare(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _time_scale_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--stressguard-time-scale: {text!r} is not a number (e.g. 0.05 for a 2h soak in 6m)"
+        ) from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(
+            f"--stressguard-time-scale: {text!r} must be greater than 0 (and at most 1000)"
+        )
+    return value
+
+
+def _progress_type(text: str) -> str:
+    if text not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError(
+            f"--stressguard-progress: {text!r} is not one of auto, on, off"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str  # without the --stressguard- prefix
+    help: str
+    ini_type: Literal["string", "linelist"] = "string"
+    repeatable: bool = False
+    parse: Callable[[str], Any] | None = None
+
+    @property
+    def flag(self) -> str:
+        return f"--stressguard-{self.name}"
+
+    @property
+    def ini(self) -> str:
+        return "stressguard_" + self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "STRESSGUARD_" + self.name.replace("-", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return "stressguard_" + self.name.replace("-", "_")
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("sla", "default threshold for load tests without their own, e.g. 'p95<500ms' "
+            "(repeatable; ini: stressguard_sla)", "linelist", True, _threshold_type),
+    _Option("gate", "session gate, e.g. 'peak_rss<2GB' or 'test_duration_p95<1s' "
+            "(repeatable; ini: stressguard_gates)", "linelist", True, _threshold_type),
+    _Option("time-scale", "multiply every load/stress/soak duration by F (0.05 runs a 2h soak "
+            "in 6m)", parse=_time_scale_type),
+    _Option("json", "write the versioned JSON report to PATH (atomically)"),
+    _Option("html", "write a self-contained HTML report to PATH"),
+    _Option("csv", "write time series (load timelines, memory samples) as CSV files into DIR"),
+    _Option("save", "save this run's figures as baseline NAME"),
+    _Option("compare", "compare with baseline NAME and print the changes"),
+    _Option("compare-fail", "fail the session on a regression, e.g. 'p95:+10%' or 'rps:-10%' "
+            "(repeatable)", "linelist", True, _compare_type),
+    _Option("dsn", "PostgreSQL DSN for stressguard_dsn (else env STRESSGUARD_DSN, DATABASE_URL, "
+            "else an embedded throw-away server)"),
+    _Option("progress", "live progress for long tests: auto (on a TTY), on, off",
+            parse=_progress_type),
+    _Option("dir", "where baselines are stored (default: .stressguard in the rootdir)"),
+)
+
+# The ini key for gates reads better in the plural; every other key is the option's name.
+_INI_NAMES = {"gate": "stressguard_gates"}
+
+
+def ini_name(opt: _Option) -> str:
+    return _INI_NAMES.get(opt.name, opt.ini)
+
+
+def addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stressguard", "load, stress, soak and race testing (stressguard)")
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": opt.help}
+        if opt.repeatable:
+            kwargs["action"] = "append"
+        if opt.parse is not None:
+            kwargs["type"] = opt.parse
+        metavar = opt.name.split("-")[-1].upper()
+        group.addoption(opt.flag, metavar=metavar, **kwargs)
+        parser.addini(ini_name(opt), opt.help, type=opt.ini_type, default=None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    sla: tuple[Threshold, ...] = ()
+    gates: tuple[Threshold, ...] = ()
+    time_scale: float = 1.0
+    json_path: str | None = None
+    html_path: str | None = None
+    csv_dir: str | None = None
+    save: str | None = None
+    compare: str | None = None
+    compare_fail: tuple[CompareRule, ...] = ()
+    dsn: str | None = None
+    progress: Progress = "auto"
+    baseline_dir: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _resolve(config: pytest.Config, opt: _Option) -> tuple[Any, str]:
+    """Return (raw value, where it came from): CLI > env > ini > default (None)."""
+    cli = config.getoption(opt.dest)
+    if cli is not None:
+        return cli, opt.flag
+    env = os.environ.get(opt.env)
+    if env:
+        if opt.repeatable:
+            return [line.strip() for line in env.replace(";", "\n").splitlines() if line.strip()], opt.env
+        return env, opt.env
+    ini = config.getini(ini_name(opt))
+    if ini:
+        return ini, f"ini {ini_name(opt)}"
+    return None, "default"
+
+
+def _parse_many(
+    values: Sequence[str], parse: Callable[[str], Any], where: str
+) -> tuple[Any, ...]:
+    out = []
+    for text in values:
+        try:
+            out.append(parse(text))
+        except ValueError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+    return tuple(out)
+
+
+def load_settings(config: pytest.Config) -> Settings:
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        value, where = _resolve(config, opt)
+        raw[opt.name] = value
+        sources[opt.name] = where
+        # Values from env and ini have not been through argparse's type= check yet.
+        if value is not None and opt.parse is not None and not where.startswith("--"):
+            try:
+                if opt.repeatable:
+                    for v in value:
+                        opt.parse(v)
+                else:
+                    raw[opt.name] = opt.parse(value)
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"{where}: {exc}") from None
+
+    def text(name: str) -> str | None:
+        value = raw[name]
+        return None if value is None else str(value)
+
+    return Settings(
+        sla=_parse_many(raw["sla"] or (), parse_threshold, sources["sla"]),
+        gates=_parse_many(raw["gate"] or (), parse_threshold, sources["gate"]),
+        time_scale=float(raw["time-scale"]) if raw["time-scale"] is not None else 1.0,
+        json_path=text("json"),
+        html_path=text("html"),
+        csv_dir=text("csv"),
+        save=text("save"),
+        compare=text("compare"),
+        compare_fail=_parse_many(raw["compare-fail"] or (), parse_compare, sources["compare-fail"]),
+        dsn=text("dsn"),
+        progress=raw["progress"] or "auto",
+        baseline_dir=text("dir"),
+        sources=sources,
+    )

@@ -1,0 +1,54 @@
+"""Verdicts are objects: what was checked, what was measured, and how it reads in a report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_stressguard.core.thresholds import ThresholdResult
+
+STATUS_LETTER = "S"
+STATUS_WORD = "SLA FAILED"
+SECTION = "stressguard"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gates of one test. `problems` are failures that are not a threshold (a recovery that
+    did not hold, a leaked connection, a race), each one line."""
+
+    kind: str
+    results: tuple[ThresholdResult, ...] = ()
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results) and not self.problems
+
+    def failures(self) -> list[str]:
+        return [r.describe() for r in self.results if not r.ok] + list(self.problems)
+
+    def section(self) -> str:
+        """Every threshold with its measured value and verdict, then the problems and notes."""
+        lines = [r.describe() for r in self.results]
+        lines += [f"FAIL {p}" for p in self.problems]
+        lines += self.notes
+        return "\n".join(lines)
+
+    def long_repr(self, nodeid: str) -> str:
+        head = f"{nodeid}: {self.kind} gates failed"
+        return "\n".join([head, *(f"  {line}" for line in self.failures())])
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{**r.to_dict(), "describe": r.describe()} for r in self.results]
+
+
+def combine(kind: str, parts: Sequence[Verdict]) -> Verdict:
+    return Verdict(
+        kind=kind,
+        results=tuple(r for p in parts for r in p.results),
+        problems=tuple(x for p in parts for x in p.problems),
+        notes=tuple(x for p in parts for x in p.notes),
+    )
