@@ -304,11 +304,13 @@ def _check_metric(
     )
 
 
-def _quantity(expr: str, text_start: int, kind: str, metric: str) -> Quantity:
+def _quantity(
+    expr: str, text_start: int, kind: str, metric: str, expected: str | None = None
+) -> Quantity:
     """Parse the value that starts at ``text_start`` (to the end), mapping errors to ``expr``."""
     value_text = expr[text_start:].rstrip()
     if not value_text:
-        reason = f"the value is missing (expected {_unit_hint(metric)})"
+        reason = f"the value is missing (expected {expected or _unit_hint(metric)})"
         raise ThresholdError(expr, reason, (len(expr), len(expr) + 1), kind)
     try:
         return parse_quantity(value_text)
@@ -648,7 +650,7 @@ def parse_compare(expr: str, *, allowed: Collection[str] | None = None) -> Compa
         direction = 1 if expr[pos] == "+" else -1
         pos = _skip(expr, pos + 1)
     value_start = pos
-    q = _quantity(expr, value_start, kind, metric)
+    q = _quantity(expr, value_start, kind, metric, "a percentage like +10%")
     span = (value_start, len(expr.rstrip()))
     if expr[value_start : value_start + 1] in ("+", "-"):
         raise ThresholdError(expr, "only one sign is allowed", (value_start, value_start + 1), kind)
@@ -657,7 +659,7 @@ def parse_compare(expr: str, *, allowed: Collection[str] | None = None) -> Compa
     if q.dimension == "number" and metric_dimension(metric) not in ("number", "rate"):
         raise ThresholdError(
             expr,
-            f"write the tolerance as a percentage (e.g. {expr[span[0]:span[1]]}%)",
+            "write the tolerance as a percentage, like +10%",
             span,
             kind,
         )

@@ -188,10 +188,8 @@ def _suggest(unit: str) -> str:
 _NUMBER: Final = re.compile(
     r"[+-]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d+)?"
 )
-# a unit: letters/symbols, optionally "/ per-unit"; or "/ per-unit" alone (rates)
-_UNIT: Final = re.compile(
-    r"[^\s\d.+\-/]+(?:\s*/\s*[^\s\d.+\-/]+)?|/\s*[^\s\d.+\-/]+|[^\s\d.+\-]+"
-)
+# a unit: letters (or %), optionally "/ per-unit"; or "/ per-unit" alone (rates)
+_UNIT: Final = re.compile(r"(?:[^\W\d_]|%)+(?:\s*/\s*[^\W\d_]+)?|/\s*[^\W\d_]+")
 _SPACE: Final = re.compile(r"\s*")
 
 
