@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from pytest_stressguard import kinds
 from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
+from pytest_stressguard.core.files import UploadFileFactory
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
 from pytest_stressguard.markers import MarkerError, load as load_marker
 from pytest_stressguard.verdict import Verdict
@@ -88,3 +89,17 @@ class LoadRunner:
 def load_runner(request: pytest.FixtureRequest) -> LoadRunner:
     """Run a callable under load: `load_runner.run(fn, users=.., duration=..)`."""
     return LoadRunner(request.node)
+
+
+@pytest.fixture(scope="session")
+def upload_file_factory() -> Iterator[UploadFileFactory]:
+    """`upload_file_factory("100MB", content="random"|"zeros", seed=0, name=None)` -> a file with
+    `.path .size .sha256 .chunks() .stream()`; cached per session, removed at the end."""
+    from pytest_stressguard.core.files import remove_stale_directories
+
+    remove_stale_directories()  # what a killed session (SIGKILL) could not remove
+    factory = UploadFileFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
