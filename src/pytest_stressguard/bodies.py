@@ -40,7 +40,7 @@ def sync_body(item: pytest.Function) -> Callable[[], object]:
 def async_body(item: pytest.Function) -> Callable[[], Awaitable[object]]:
     fn = _original(item.obj)
     kwargs = test_kwargs(item)
-    return lambda: fn(**kwargs)  # type: ignore[no-any-return]
+    return lambda: fn(**kwargs)
 
 
 def run_coroutine(item: pytest.Function, coro: Coroutine[Any, Any, T]) -> T:

@@ -12,7 +12,8 @@ from pytest_stressguard import kinds
 from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.files import UploadFileFactory
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
-from pytest_stressguard.markers import MarkerError, load as load_marker
+from pytest_stressguard.markers import MarkerError
+from pytest_stressguard.markers import load as load_marker
 from pytest_stressguard.verdict import Verdict
 
 
@@ -56,7 +57,7 @@ class LoadRunner:
 
             result = asyncio.run(engine.run_async(fn, spec))
         else:
-            result = engine.run_sync(fn, spec)  # type: ignore[arg-type]
+            result = engine.run_sync(fn, spec)
         self.results.append(result)
         _keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
                            **kinds.load_entry(result), "thresholds": []}, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -26,7 +26,8 @@ RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
 RSS_KEY = pytest.StashKey[int]()
 
-RUNNERS = {
+Runner = Callable[[pytest.Function, Any, Settings, Any], tuple[dict[str, Any], Verdict]]
+RUNNERS: dict[str, Runner] = {
     "load": kinds.run_load,
     "stress": kinds.run_stress,
 }

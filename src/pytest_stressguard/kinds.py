@@ -83,12 +83,8 @@ def run_spec(item: pytest.Function, spec: LoadSpec, progress: ProgressSink | Non
     return engine.run_sync(bodies.sync_body(item), spec)
 
 
-def _endpoint_metrics(result: LoadResult) -> dict[str, dict[str, float | None]]:
-    return {name: ep.metrics() for name, ep in result.endpoints.items()}
-
-
 def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
-    checks = evaluate(sla, result.metrics(), _endpoint_metrics(result))
+    checks = evaluate(sla, stress_core.result_metrics(result, sla), stress_core.endpoint_metrics(result))
     notes = []
     if result.saturation.saturated:
         notes.append(f"WARNING generator saturated: {result.saturation.reason} — latencies "

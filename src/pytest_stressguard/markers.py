@@ -9,12 +9,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import Any
 
 from pytest_stressguard.core.thresholds import Threshold, ThresholdError, parse_threshold
-from pytest_stressguard.core.units import UnitsError, parse_duration, parse_rate
+from pytest_stressguard.core.units import (
+    UnitsError,
+    parse_duration,
+    parse_rate,
+    parse_ratio,
+    parse_size_rate,
+)
 
-Duration = Union[str, float, int]
+Duration = str | float | int
 
 
 class MarkerError(ValueError):
@@ -295,16 +301,15 @@ def soak(
     """Run the body repeatedly for `duration` while sampling memory; gate on `leak` (e.g.
     '10MB/h', a robust slope after `warmup`), `drift` (e.g. '20%') and `sla`. `watch` names a
     fixture whose value is a pid, a psutil.Process or has `.pid`."""
-    leak_limit = None
-    if leak is not None:
-        leak_limit = parse_threshold(f"leak<{leak}").limit if isinstance(leak, str) else None
-        if leak_limit is None:
-            raise MarkerError(f"leak={leak!r}: must be a rate of growth such as '10MB/h'")
-    drift_limit = None
-    if drift is not None:
-        if not isinstance(drift, str):
-            raise MarkerError(f"drift={drift!r}: must be a percentage such as '20%'")
-        drift_limit = parse_threshold(f"drift<{drift}").limit
+    try:
+        leak_limit = None if leak is None else parse_size_rate(leak)
+    except (UnitsError, TypeError) as exc:
+        raise MarkerError(f"leak={leak!r}: must be a rate of growth such as '10MB/h' ({exc})") \
+            from None
+    try:
+        drift_limit = None if drift is None else parse_ratio(drift)
+    except (UnitsError, TypeError) as exc:
+        raise MarkerError(f"drift={drift!r}: must be a percentage such as '20%' ({exc})") from None
     if watch is not None and (not isinstance(watch, str) or not watch.isidentifier()):
         raise MarkerError(f"watch={watch!r}: must be the name of a fixture")
     return SoakMark(

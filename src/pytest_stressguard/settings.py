@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pytest
 
 from pytest_stressguard.core.thresholds import (
+    SESSION_METRICS,
     CompareRule,
     Threshold,
     ThresholdError,
@@ -24,6 +25,18 @@ Progress = Literal["auto", "on", "off"]
 def _threshold_type(text: str) -> str:
     try:
         parse_threshold(text)
+    except ThresholdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def parse_gate(text: str) -> Threshold:
+    return parse_threshold(text, allowed=SESSION_METRICS)
+
+
+def _gate_type(text: str) -> str:
+    try:
+        parse_gate(text)
     except ThresholdError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -88,7 +101,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("sla", "default threshold for load tests without their own, e.g. 'p95<500ms' "
             "(repeatable; ini: stressguard_sla)", "linelist", True, _threshold_type),
     _Option("gate", "session gate, e.g. 'peak_rss<2GB' or 'test_duration_p95<1s' "
-            "(repeatable; ini: stressguard_gates)", "linelist", True, _threshold_type),
+            "(repeatable; ini: stressguard_gates)", "linelist", True, _gate_type),
     _Option("time-scale", "multiply every load/stress/soak duration by F (0.05 runs a 2h soak "
             "in 6m)", parse=_time_scale_type),
     _Option("json", "write the versioned JSON report to PATH (atomically)"),
@@ -195,7 +208,7 @@ def load_settings(config: pytest.Config) -> Settings:
 
     return Settings(
         sla=_parse_many(raw["sla"] or (), parse_threshold, sources["sla"]),
-        gates=_parse_many(raw["gate"] or (), parse_threshold, sources["gate"]),
+        gates=_parse_many(raw["gate"] or (), parse_gate, sources["gate"]),
         time_scale=float(raw["time-scale"]) if raw["time-scale"] is not None else 1.0,
         json_path=text("json"),
         html_path=text("html"),

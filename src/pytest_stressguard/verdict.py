@@ -38,8 +38,10 @@ class Verdict:
         return "\n".join(lines)
 
     def long_repr(self, nodeid: str) -> str:
-        head = f"{nodeid}: {self.kind} gates failed"
-        return "\n".join([head, *(f"  {line}" for line in self.failures())])
+        # The first line is what `-r` short summaries show: make it the reason itself.
+        failures = self.failures()
+        head = f"{self.kind} gates failed: {'; '.join(failures)}"
+        return "\n".join([head, f"  test: {nodeid}", *(f"  {line}" for line in failures)])
 
     def to_list(self) -> list[dict[str, Any]]:
         return [{**r.to_dict(), "describe": r.describe()} for r in self.results]

@@ -47,7 +47,7 @@ def test_violated_sla_fails_the_test_with_threshold_and_value(pytester: pytest.P
     result.assert_outcomes(failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
-        "*test_slow*load gates failed*",
+        "*load gates failed: FAIL p95<1ms (*ms)*",
         "*FAIL p95<1ms (*ms)*",
         "*SLA FAILED*",
     ])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_stressguard.core.engine import LoadResult
-from pytest_stressguard.core.thresholds import Threshold, ThresholdResult, evaluate
+from pytest_stressguard.core.thresholds import Threshold, ThresholdResult, evaluate, is_percentile
 
 # Thresholds on these are decided once, on the whole search, not per step.
 FINAL_METRICS = frozenset({"capacity"})
@@ -87,7 +87,7 @@ class StressResult:
 
 
 def levels(start: float, step: float, maximum: float) -> list[float]:
-    out = []
+    out: list[float] = []
     level = start
     while level <= maximum + 1e-9 and len(out) < 1000:
         out.append(level)
@@ -107,7 +107,7 @@ def search(
     out = StressResult(kind=kind)
     for level in steps:
         result = run_step(level)
-        step = StressStep(level, result, evaluate(per_step, result.metrics(), _endpoint_metrics(result)))
+        step = _step(level, result, per_step)
         out.steps.append(step)
         if getattr(result, "interrupted", False):
             out.interrupted = True
@@ -118,9 +118,13 @@ def search(
         out.capacity = level
     if recovery and steps:
         result = run_step(steps[0])
-        out.recovery = StressStep(steps[0], result,
-                                  evaluate(per_step, result.metrics(), _endpoint_metrics(result)))
+        out.recovery = _step(steps[0], result, per_step)
     return out
+
+
+def _step(level: float, result: LoadResult, thresholds: Sequence[Threshold]) -> StressStep:
+    checks = evaluate(thresholds, result_metrics(result, thresholds), endpoint_metrics(result))
+    return StressStep(level, result, checks)
 
 
 def final_checks(result: StressResult, thresholds: Sequence[Threshold]) -> list[ThresholdResult]:
@@ -128,5 +132,14 @@ def final_checks(result: StressResult, thresholds: Sequence[Threshold]) -> list[
     return evaluate(finals, {"capacity": result.capacity})
 
 
-def _endpoint_metrics(result: LoadResult) -> dict[str, dict[str, float | None]]:
+def result_metrics(result: LoadResult, thresholds: Sequence[Threshold]) -> dict[str, float | None]:
+    """The result's metrics, plus any other percentile a threshold asks for (p75, p99.99...)."""
+    metrics = result.metrics()
+    for t in thresholds:
+        if t.metric not in metrics and is_percentile(t.metric):
+            metrics[t.metric] = result.percentile_metric(t.metric)
+    return metrics
+
+
+def endpoint_metrics(result: LoadResult) -> dict[str, dict[str, float | None]]:
     return {name: ep.metrics() for name, ep in result.endpoints.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from pytest_stressguard.core.thresholds import format_metric_value
 from pytest_stressguard.settings import Settings
 
 # Figures compared per test, read from a test entry of the JSON report (canonical units).
-_FIGURES = {
+_FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "p50": lambda t: _ms(t, "p50"),
     "p90": lambda t: _ms(t, "p90"),
     "p95": lambda t: _ms(t, "p95"),

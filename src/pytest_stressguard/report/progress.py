@@ -27,7 +27,7 @@ class ProgressPrinter:
         if hasattr(self.config, "workerinput"):
             return None  # xdist workers have no terminal; the controller prints the summary
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        return None if reporter is None else reporter._tw  # noqa: SLF001 - pytest's writer
+        return None if reporter is None else reporter._tw
 
     def _tty(self) -> bool:
         return sys.__stdout__ is not None and sys.__stdout__.isatty()
@@ -77,6 +77,9 @@ class ProgressPrinter:
                     writer.write("\r\x1b[K" + line[: max(20, writer.fullwidth - 1)], flush=True)
                     self._drawn = True
                 else:
+                    reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+                    if reporter is not None:
+                        reporter.ensure_newline()
                     writer.line(f"[stressguard] {line}")
                     writer.flush()
 

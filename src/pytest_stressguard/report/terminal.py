@@ -62,7 +62,7 @@ def verdict_text(record: dict[str, Any]) -> str:
     if record.get("interrupted"):
         return "INTERRUPTED"
     if failed or problems:
-        first = failed[0]["describe"] if failed else problems[0]
+        first = str(failed[0]["describe"] if failed else problems[0])
         more = len(failed) + len(problems) - 1
         return first + (f" (+{more} more)" if more > 0 else "")
     if record.get("outcome") == "failed":
@@ -112,7 +112,7 @@ def stress_lines(records: list[dict[str, Any]]) -> list[str]:
             f" err {format_ratio(st.get('error_rate') or 0)}" + ("" if st.get("ok") else " ✗")
             for st in steps)]
         curves += curve
-    return table(rows, {1, 2, 3}) + ["degradation (load→rps, p95, errors per step):"] + curves
+    return [*table(rows, {1, 2, 3}), "degradation (load→rps, p95, errors per step):", *curves]
 
 
 def soak_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -147,7 +147,7 @@ def pool_lines(records: list[dict[str, Any]]) -> list[str]:
     for r in records:
         m = (r.get("pool") or {}).get("metrics", {})
 
-        def n(key: str) -> str:
+        def n(key: str, m: dict[str, Any] = m) -> str:
             v = m.get(key)
             return "-" if v is None else f"{v:g}"
 
@@ -196,15 +196,12 @@ def write_summary(tr: Any, store: SessionStore, outcome: SessionOutcome | None,
         mine = [r for r in records if r.get("kind") == kind]
         if mine:
             lines += fn(mine)
-    try:
-        lines += repeated_lines(store)
-    except ImportError:
-        pass
+    lines += repeated_lines(store)
     if outcome is not None:
         if outcome.comparison:
             lines += comparison_lines(outcome.comparison)
         for gate in outcome.gates:
-            lines.append(f"gate: {'ok' if gate.ok else 'FAILED'} {gate.describe()}")
+            lines.append(f"gate: {gate.describe()}")
         for reason in outcome.regressions:
             lines.append(f"regression: FAILED {reason}")
         for problem in outcome.problems:

@@ -20,10 +20,13 @@ def grouped(store: SessionStore) -> dict[str, list[tuple[int, TrendPoint]]]:
 
 
 def trend_rows(store: SessionStore) -> list[dict[str, Any]]:
+    groups = grouped(store)
+    if not groups:
+        return []
     from pytest_stressguard.core.trends import RepetitionTrend
 
     rows = []
-    for base, points in sorted(grouped(store).items()):
+    for base, points in sorted(groups.items()):
         runs = [p for _, p in points]
         trend = RepetitionTrend.from_runs([p.duration_s for p in runs], [p.rss_delta for p in runs])
         failures = [(i, p) for i, p in points if p.outcome == "failed"]
