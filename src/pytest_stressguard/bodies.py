@@ -43,9 +43,23 @@ def async_body(item: pytest.Function) -> Callable[[], Awaitable[object]]:
     return lambda: fn(**kwargs)
 
 
+CLOSERS_KEY = pytest.StashKey[list[Callable[[], Awaitable[None]]]]()
+
+
+async def _then_close(item: pytest.Item, coro: Coroutine[Any, Any, T]) -> T:
+    """Await the run, then close what fixtures opened on this loop (e.g. HTTP connections):
+    the loop may be closed right after the test, and sockets must not outlive it."""
+    try:
+        return await coro
+    finally:
+        for close in reversed(item.stash.get(CLOSERS_KEY, [])):
+            await close()
+
+
 def run_coroutine(item: pytest.Function, coro: Coroutine[Any, Any, T]) -> T:
     """Run on the test's loop: pytest-asyncio's (set as the current loop by its runner fixture)
     when it handles the test, else a fresh loop of our own."""
+    coro = _then_close(item, coro)
     if item.get_closest_marker("asyncio") is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

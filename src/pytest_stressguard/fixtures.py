@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pytest_stressguard import kinds
 from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.files import UploadFileFactory
+from pytest_stressguard.core.http import HttpClient, Response
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
 from pytest_stressguard.markers import MarkerError
 from pytest_stressguard.markers import load as load_marker
@@ -104,3 +106,69 @@ def upload_file_factory() -> Iterator[UploadFileFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+class LoopHttp:
+    """One HttpClient per event loop, behind one fixture value.
+
+    A stress search may run each step on a fresh loop, and a loop may be closed right after the
+    test; connections belong to the loop that opened them, so each loop gets its own client and
+    the run closes it on that same loop (see bodies.run_coroutine)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._clients: dict[asyncio.AbstractEventLoop, HttpClient] = {}
+
+    def client(self) -> HttpClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = HttpClient(**self._options)
+        return client
+
+    async def request(self, method: str, url: str, **kw: Any) -> Response:
+        return await self.client().request(method, url, **kw)
+
+    async def get(self, url: str, **kw: Any) -> Response:
+        return await self.client().get(url, **kw)
+
+    async def head(self, url: str, **kw: Any) -> Response:
+        return await self.client().head(url, **kw)
+
+    async def post(self, url: str, **kw: Any) -> Response:
+        return await self.client().post(url, **kw)
+
+    async def put(self, url: str, **kw: Any) -> Response:
+        return await self.client().put(url, **kw)
+
+    async def patch(self, url: str, **kw: Any) -> Response:
+        return await self.client().patch(url, **kw)
+
+    async def delete(self, url: str, **kw: Any) -> Response:
+        return await self.client().delete(url, **kw)
+
+    async def aclose(self) -> None:
+        """Close this loop's connections (the client is made anew if used again)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    def close(self) -> None:
+        for loop, client in list(self._clients.items()):
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(client.aclose())
+            else:  # the loop is gone: drop the sockets now rather than at garbage collection
+                client.abort_now()
+        self._clients.clear()
+
+
+@pytest.fixture
+def stressguard_http(request: pytest.FixtureRequest) -> Iterator[LoopHttp]:
+    """A fast async HTTP/1.1 client for load bodies, recording per-endpoint stats by `name`:
+    `await stressguard_http.get(url, name="GET /items")`; post/put/patch/delete alike."""
+    from pytest_stressguard.bodies import CLOSERS_KEY
+
+    http = LoopHttp()
+    request.node.stash.setdefault(CLOSERS_KEY, []).append(http.aclose)
+    yield http
+    http.close()

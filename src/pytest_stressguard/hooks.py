@@ -126,7 +126,10 @@ class StressGuardPlugin:
         try:
             record, verdict = runner(pyfuncitem, spec, self.settings, sink)
         except kinds.Interrupted as exc:
-            self.keep(pyfuncitem, {**exc.record, "interrupted": True}, exc.verdict)
+            # pytest makes no report for an interrupted test: keep what was measured directly.
+            self.store.add_record({**exc.record, "interrupted": True, "outcome": "interrupted",
+                                   "nodeid": pyfuncitem.nodeid, "worker": self.worker,
+                                   "thresholds": exc.verdict.to_list()})
             raise KeyboardInterrupt from None
         finally:
             self.progress.done()

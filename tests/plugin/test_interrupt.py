@@ -1,0 +1,51 @@
+"""Ctrl-C in the middle of a long test: a clear stop, the measured part kept, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+
+def run_and_interrupt(path: Path, args: list[str], after: float = 2.0) -> tuple[int, str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", *args],
+        cwd=path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(after)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, out, time.monotonic() - sent
+
+
+@pytest.mark.parametrize("body", ["sync", "async"])
+def test_ctrl_c_during_load_keeps_the_measured_part(pytester: pytest.Pytester, body: str) -> None:
+    if body == "sync":
+        src = "def test_long():\n    time.sleep(0.001)\n"
+    else:
+        src = "async def test_long():\n    await asyncio.sleep(0.001)\n"
+    pytester.makepyfile(
+        "import asyncio, time, pytest\n\n"
+        '@pytest.mark.load(users=4, duration="60s")\n' + src
+    )
+    report = pytester.path / "report.json"
+    code, out, took = run_and_interrupt(pytester.path, [f"--stressguard-json={report}"])
+    assert code == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out
+    assert took < 20, "the engine must stop its users promptly"
+    (test,) = json.loads(report.read_text())["tests"]
+    assert test["interrupted"] is True and test["outcome"] == "interrupted"
+    assert test["iterations"] > 50
+    # The interrupted session exited by itself (no user thread kept it alive) and left no child.
+    assert not psutil.Process(os.getpid()).children(recursive=True)
