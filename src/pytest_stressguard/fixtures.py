@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from pytest_stressguard import kinds
 from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
+from pytest_stressguard.core.dbprobe import PoolProbe
 from pytest_stressguard.core.files import UploadFileFactory
 from pytest_stressguard.core.http import HttpClient, Response
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
@@ -172,3 +175,78 @@ def stressguard_http(request: pytest.FixtureRequest) -> Iterator[LoopHttp]:
     request.node.stash.setdefault(CLOSERS_KEY, []).append(http.aclose)
     yield http
     http.close()
+
+
+# -- database -------------------------------------------------------------------------------
+
+
+def _run_id(config: pytest.Config) -> str:
+    """xdist workers of one run share the testrunuid, so they share one embedded server."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("testrunuid"):
+        return str(workerinput["testrunuid"])
+    return f"solo-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The PostgreSQL DSN: --stressguard-dsn, env STRESSGUARD_DSN, DATABASE_URL, else an embedded
+    throw-away server started once per run (shared by xdist workers) and stopped at the end."""
+    from pytest_stressguard.core import pgembed
+
+    settings = _settings(request.config)
+    dsn = pgembed.resolve_dsn(settings.dsn, os.environ)
+    if dsn is not None:
+        yield dsn
+        return
+    try:
+        lease = pgembed.acquire_embedded(_run_id(request.config))
+    except pgembed.EmbeddedPostgresError as exc:
+        pytest.fail(f"stressguard_dsn: the embedded PostgreSQL did not start: {exc}",
+                    pytrace=False)
+    try:
+        yield lease.dsn
+    finally:
+        lease.release()
+
+
+class ProbeFixture(PoolProbe):
+    """db_pool_probe: the core probe, with the session DSN by default and pytest verdicts."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        super().__init__(request.node.nodeid)
+        self._request = request
+
+    def pool(self, dsn: str | None = None, **kwargs: Any) -> Any:
+        if dsn is None and self.dsn is None:
+            self.dsn = str(self._request.getfixturevalue("stressguard_dsn"))
+        return super().pool(dsn, **kwargs)
+
+    def check(self, exprs: Sequence[str] | str) -> list[ThresholdResult]:
+        """Evaluate pool thresholds now; a violation fails the test with every value."""
+        try:
+            results = super().check(exprs)
+        except ThresholdError as exc:
+            raise pytest.UsageError(f"db_pool_probe.check: {exc}") from None
+        verdict = Verdict("pool", tuple(results))
+        if not verdict.ok:
+            pytest.fail(verdict.long_repr(self.name) + "\n\n" + verdict.section(), pytrace=False)
+        return results
+
+
+@pytest.fixture
+def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
+    """Observe psycopg pools: `pool(max_size=20)` makes an instrumented ConnectionPool on
+    stressguard_dsn, `watch(pool)` instruments yours; `server()`, `metrics()`, `check([...])`.
+    Connections never returned fail the test at teardown, naming where they were taken."""
+    probe = ProbeFixture(request)
+    try:
+        yield probe
+    finally:
+        report = probe.finish()
+        problems = tuple(leak.describe() for leak in report.leaked)
+        notes = tuple(report.problems)
+        if report.dirty:
+            notes += (f"dirty returns: {report.dirty}",)
+        verdict = Verdict("pool", (), tuple(f"leaked connection: {p}" for p in problems), notes)
+        _keep(request.node, {"kind": "pool", "pool": report.to_dict()}, verdict)

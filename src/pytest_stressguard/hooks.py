@@ -177,7 +177,8 @@ class StressGuardPlugin:
     def pytest_report_teststatus(
         self, report: pytest.TestReport, config: pytest.Config
     ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
-        if getattr(report, "stressguard_failed", False) and report.failed:
+        # A gate failing at setup/teardown (e.g. a leaked connection) stays an error, "E".
+        if getattr(report, "stressguard_failed", False) and report.failed and report.when == "call":
             return "failed", STATUS_LETTER, (STATUS_WORD, {"red": True})
         return None
 
@@ -185,7 +186,12 @@ class StressGuardPlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for record in getattr(report, "stressguard", None) or []:
-            self.store.add_record({**record, "outcome": report.outcome, "when": report.when})
+            record = {**record, "outcome": report.outcome, "when": report.when}
+            owner = self.store.owner_of_pool(record)
+            if owner is not None:  # a load/stress/soak test's pool figures join its entry
+                owner["pool"] = record["pool"]
+            else:
+                self.store.add_record(record)
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.store.outcomes[report.nodeid] = report.outcome
         elif report.when == "teardown" and report.failed:

@@ -69,5 +69,13 @@ class SessionStore:
     def add_record(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
+    def owner_of_pool(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        if record.get("kind") != "pool":
+            return None
+        for other in reversed(self.records):
+            if other.get("nodeid") == record.get("nodeid") and other.get("kind") != "pool":
+                return other
+        return None
+
     def by_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") == kind]

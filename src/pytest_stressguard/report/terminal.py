@@ -193,7 +193,7 @@ def write_summary(tr: Any, store: SessionStore, outcome: SessionOutcome | None,
     lines: list[str] = []
     for kind, fn in (("load", load_lines), ("stress", stress_lines), ("soak", soak_lines),
                      ("concurrent", concurrent_lines), ("pool", pool_lines)):
-        mine = [r for r in records if r.get("kind") == kind]
+        mine = [r for r in records if r.get("kind") == kind or (kind == "pool" and r.get("pool"))]
         if mine:
             lines += fn(mine)
     lines += repeated_lines(store)
