@@ -195,6 +195,23 @@ async def test_chunked_response_split_across_writes() -> None:
         assert c.connections_opened == 1  # chunked framing keeps the connection reusable
 
 
+async def test_head_and_body_split_in_pieces_and_interim_response() -> None:
+    async def handler(srv: Server, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(srv, r) is not None:
+            raw = b"HTTP/1.1 100 Continue\r\n\r\n" + response(200, b"0123456789" * 100)
+            for i in range(0, len(raw), 7):  # 7-byte pieces: every state sees partial input
+                w.write(raw[i : i + 7])
+                await w.drain()
+                if i % 140 == 0:
+                    await asyncio.sleep(0)
+
+    async with serve(handler) as srv, HttpClient(srv.url) as c:
+        r = await c.request("get", "/")  # method case does not matter
+        assert r.status == 200 and r.body == b"0123456789" * 100
+        assert (await c.get("/")).body == b"0123456789" * 100
+        assert c.connections_opened == 1
+
+
 async def test_eof_delimited_body_and_connection_close() -> None:
     async def handler(srv: Server, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         req = await read_request(srv, r)
@@ -285,6 +302,20 @@ async def test_stale_pooled_connection_is_retried_once_for_idempotent() -> None:
         assert (await c.get("/")).body == b"one"
         assert (await c.get("/")).body == b"again"  # retried on a fresh connection
         assert c.connections_opened == 2
+
+
+async def test_server_closing_idle_connection_is_not_an_error() -> None:
+    async def handler(srv: Server, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if await read_request(srv, r) is not None:
+            w.write(response())  # keep-alive by default ... but the server's idle timeout is 0
+            await w.drain()
+
+    async with serve(handler) as srv, HttpClient(srv.url) as c:
+        for _ in range(3):
+            assert (await c.post("/x", data=b"1")).status == 200
+            await asyncio.sleep(0.05)  # the FIN arrives while the connection is idle
+            assert c.open_connections == 0
+        assert c.connections_opened == 3
 
 
 async def test_stale_connection_not_retried_for_post(recorder: StatsRecorder) -> None:

@@ -45,6 +45,7 @@ import io
 import json as _json
 import os
 import ssl as _ssl
+import sys
 import time
 from collections import deque
 from collections.abc import (
@@ -728,7 +729,9 @@ class HttpClient:
             await http.post("/orders", json={"item": 1})
 
     ``timeout`` (seconds) bounds a whole call, ``connect_timeout`` the connect part;
-    ``max_connections`` caps open connections per host; ``accept_status`` lists statuses >= 400
+    ``max_connections`` caps open connections per host (default: no cap, every concurrent call
+    gets its own connection as every virtual user would, so the pool never adds client-side
+    queueing to the measured latency); ``accept_status`` lists statuses >= 400
     that are not errors; ``headers`` are sent with every request; ``raise_for_status=False``
     returns unaccepted statuses instead of raising (they are still recorded as errors).
     ``recorder`` overrides :data:`~pytest_stressguard.core.stats.current_recorder`.
@@ -740,7 +743,7 @@ class HttpClient:
         *,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
-        max_connections: int = 1000,
+        max_connections: int | None = None,
         accept_status: Container[int] = (),
         headers: Mapping[str, str] | None = None,
         raise_for_status: bool = True,
@@ -749,8 +752,8 @@ class HttpClient:
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeout and connect_timeout must be > 0 seconds")
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be >= 1 (or None: no limit)")
         if base_url is not None:
             scheme = urlsplit(base_url).scheme.lower()
             if scheme not in ("http", "https"):
@@ -875,6 +878,8 @@ class HttpClient:
         start = _now()
         if self._loop is None or self._closed:
             self._bind()
+        if not method.isupper():
+            method = method.upper()
         stream: Any = None
         length: int | None = None
         if json is _MISSING and data is None and headers is None and params is None:
@@ -1065,7 +1070,8 @@ class HttpClient:
             ctx: _ssl.SSLContext | None = None
             if key[0] == "https":
                 ctx = self._ssl()
-            pool = _HostPool(loop, key[1], key[2], ctx, self.max_connections)
+            limit = sys.maxsize if self.max_connections is None else self.max_connections
+            pool = _HostPool(loop, key[1], key[2], ctx, limit)
             self._pools[key] = pool
         return pool
 
