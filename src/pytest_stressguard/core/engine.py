@@ -347,7 +347,11 @@ class Saturation:
         )
 
     @classmethod
-    def judge(cls, cpu_ratio: float, lag_p99_s: float | None) -> Saturation:
+    def judge(
+        cls, cpu_ratio: float, lag_p99_s: float | None, lag_over: int | None = None
+    ) -> Saturation:
+        """``lag_over``: how many lag samples exceeded the limit; one hiccup (a GC pause)
+        in a short run is not saturation, so at least 2 are needed when it is given."""
         reasons = []
         if cpu_ratio >= CPU_SATURATION:
             reasons.append(
@@ -356,7 +360,11 @@ class Saturation:
                 "generator's CPU, not only the system under test; spread the load "
                 "(pytest -n) or lower users/rate"
             )
-        if lag_p99_s is not None and lag_p99_s > LOOP_LAG_SATURATION:
+        if (
+            lag_p99_s is not None
+            and lag_p99_s > LOOP_LAG_SATURATION
+            and (lag_over is None or lag_over >= 2)
+        ):
             reasons.append(
                 f"event-loop lag p99 {lag_p99_s * 1e3:.1f}ms > "
                 f"{LOOP_LAG_SATURATION * 1e3:.0f}ms: tasks waited for the loop, so latencies "
@@ -731,9 +739,15 @@ class _Collector:
                 odd, b.odd = b.odd, []
             self._fold(lat, elat, errs, dropped, odd)
         if now_sec is not None:
-            sec = self._second(now_sec)
-            sec.users = max(sec.users, users)
+            self.note_users(now_sec, users)
         self._finalise(None if now_sec is None else now_sec - 1)
+
+    def note_users(self, sec: int, users: int) -> None:
+        """Sample the number of busy users; a row shows the largest sample of its second."""
+        if sec >= 0:
+            s = self._second(sec)
+            if users > s.users:
+                s.users = users
 
     def _fold(
         self,
@@ -798,15 +812,17 @@ class _Collector:
             return float(s.iterations), s.hist.p(95) * 1e3
         return float(s.iterations), s.p95_ms
 
-    def rows(self, first: int, end_rel: float) -> list[TimelineRow]:
-        """Timeline rows from second ``first`` to the end of the run (``end_rel`` seconds)."""
+    def rows(self, from_rel: float, end_rel: float) -> list[TimelineRow]:
+        """Timeline rows of the measured window ``from_rel .. end_rel`` (seconds since the
+        start); a partial first/last second's ``rps`` is divided by the part it covers."""
         self._finalise(None)
+        first = int(from_rel)
         if not self.seconds and end_rel <= first:
             return []
         last = max([*self.seconds.keys(), max(first, math.ceil(end_rel) - 1)])
         rows: list[TimelineRow] = []
         users = 0
-        first_f = float(first)
+        first_f = float(from_rel)
         for t in range(first, last + 1):
             s = self.seconds.get(t)
             if s is not None and s.users >= 0:
@@ -967,14 +983,14 @@ class Engine:
         cpu: float,
         wall: float,
         lag: LatencyHistogram | None,
+        lag_over: int | None = None,
     ) -> LoadResult:
         spec = run.spec
         c = run.collector
         c.pull(None, run.active)
         measured_from = run.warm_end if spec.warmup else run.start
         duration = max(0.0, outcome.end - measured_from)
-        first = int(spec.warmup)
-        rows = c.rows(first, outcome.end - run.start)
+        rows = c.rows(float(spec.warmup), outcome.end - run.start)
         warnings = list(run.warnings)
         if outcome.stuck:
             warnings.append(
@@ -995,7 +1011,7 @@ class Engine:
                 f"{clamped} latencies were outside the histogram range (0..1h) and were clamped"
             )
         lag_p99 = lag.p(99) if lag is not None and lag.count else None
-        sat = Saturation.judge(cpu / wall if wall > 0 else 0.0, lag_p99)
+        sat = Saturation.judge(cpu / wall if wall > 0 else 0.0, lag_p99, lag_over)
         if sat.saturated:
             warnings.append(f"load generator saturated: {sat.reason}")
         result = LoadResult(
@@ -1108,6 +1124,7 @@ class Engine:
                 if all_done.wait(max(timeout, 0.001)):
                     break
                 now = clock()
+                run.collector.note_users(int(now - run.start), run.active)
                 if now >= next_progress:
                     next_progress += interval * max(1, math.floor((now - next_progress) / interval) + 1)
                     run.collector.pull(int(now - run.start), run.active)
@@ -1291,9 +1308,10 @@ class Engine:
         tasks: set[asyncio.Task[None]] = set()
         in_body: dict[asyncio.Task[None], bool] = {}
         lag = LatencyHistogram()
+        lag_over = [0]
         cpu0, wall0 = time.process_time(), time.monotonic()
         run.begin()
-        ticker = asyncio.create_task(self._lag_ticker(run, lag))
+        ticker = asyncio.create_task(self._lag_ticker(run, lag, lag_over))
         try:
             if spec.is_open:
                 tasks.add(
@@ -1314,7 +1332,7 @@ class Engine:
             await asyncio.gather(*tasks, ticker, return_exceptions=True)
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
             partial = self._result(
-                run, _Outcome(run.clock(), True, 0), recorder, cpu, wall, lag
+                run, _Outcome(run.clock(), True, 0), recorder, cpu, wall, lag, lag_over[0]
             )
             partial.interrupted = True
             raise
@@ -1323,7 +1341,7 @@ class Engine:
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-        result = self._result(run, outcome, recorder, cpu, wall, lag)
+        result = self._result(run, outcome, recorder, cpu, wall, lag, lag_over[0])
         fatal = run.fatal
         if fatal is not None:
             if isinstance(fatal, KeyboardInterrupt) and not isinstance(fatal, LoadInterrupted):
@@ -1333,12 +1351,15 @@ class Engine:
         return result
 
     @staticmethod
-    async def _lag_ticker(run: _Run, lag: LatencyHistogram) -> None:
+    async def _lag_ticker(run: _Run, lag: LatencyHistogram, over: list[int]) -> None:
         clock = time.perf_counter
         while not run.halted:
             t = clock()
             await asyncio.sleep(LAG_TICK)
-            lag.record(max(0.0, clock() - t - LAG_TICK))
+            late = max(0.0, clock() - t - LAG_TICK)
+            lag.record(late)
+            if late > LOOP_LAG_SATURATION:
+                over[0] += 1
 
     async def _async_wait(
         self,
@@ -1381,6 +1402,7 @@ class Engine:
             await asyncio.wait(pending, timeout=max(timeout, 0.001))
             pending = {t for t in tasks if not t.done()}
             now = clock()
+            run.collector.note_users(int(now - run.start), run.active)
             if now >= next_progress:
                 next_progress += interval * max(1, math.floor((now - next_progress) / interval) + 1)
                 run.collector.pull(int(now - run.start), run.active)
