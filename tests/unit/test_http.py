@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -564,3 +567,42 @@ async def test_usage_errors() -> None:
             await c.get("/relative")
         with pytest.raises(ValueError, match="credentials"):
             await c.get("http://u:p@127.0.0.1:1/")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_with_a_self_signed_certificate(tmp_path: pathlib.Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        srv_state = Server("")
+        try:
+            while await read_request(srv_state, r) is not None:
+                w.write(response(200, b"secure"))
+                await w.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+
+    srv = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with HttpClient(f"https://127.0.0.1:{port}", verify=trusted) as c:
+            assert (await c.get("/")).body == b"secure"
+            assert (await c.get("/")).body == b"secure"
+            assert c.connections_opened == 1
+        async with HttpClient(f"https://127.0.0.1:{port}") as c:  # not trusted: refused
+            with pytest.raises(HttpProtocolError, match="TLS"):
+                await c.get("/")
+    finally:
+        srv.close()
+        await srv.wait_closed()
