@@ -223,8 +223,9 @@ class ServerSnapshot:
     its backends waiting for a lock (``pg_locks.granted = false``), ``lock_waits_db`` all such
     waits in the database, ``lock_wait_details`` up to 10 of the pool's waits. ``*_delta`` are
     database-wide ``pg_stat_database`` counters since the probe started (other sessions count
-    too; the server publishes them with up to ~1 s delay). ``error`` is set (and the rest empty)
-    when the server could not be asked.
+    too, and each backend publishes its counts lazily: within about a second while busy, up to
+    ~10 s after it goes idle; the probe's own ``deadlocks`` metric is exact and immediate).
+    ``error`` is set (and the rest empty) when the server could not be asked.
     """
 
     t: float
@@ -522,10 +523,6 @@ def _who() -> str:
     return f"{name}/{task.get_name()}" if task is not None else name
 
 
-def _pool_max_size(pool: AnyPool) -> int:
-    return int(pool.max_size)
-
-
 def _is_connection_error(exc: psycopg.Error, conn: Any) -> bool:
     state = exc.sqlstate
     if state is not None and (state.startswith("08") or state in _CONNECTION_SQLSTATES):
@@ -588,6 +585,7 @@ class _Watched:
     stats0: dict[str, int]
     last_stats: dict[str, int]
     sample_stats: dict[str, int]
+    in_flight: int = 0  # getconn() calls through the probe not yet returned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,15 +806,15 @@ class PoolProbe:
         pool = w.pool
 
         def getconn(timeout: float | None = None) -> Any:
-            before = self._stats(pool)
+            before = self._enter_getconn(w)
             t0 = self.clock()
             try:
                 conn = raw(timeout=timeout)
             except PoolTimeout as exc:
-                self._on_acquire_failed(exc, self.clock() - t0, timeout=True)
+                self._on_acquire_failed(w, exc, self.clock() - t0, timeout=True)
                 raise
-            except Exception as exc:
-                self._on_acquire_failed(exc, self.clock() - t0, timeout=False)
+            except BaseException as exc:
+                self._on_acquire_failed(w, exc, self.clock() - t0, timeout=False)
                 raise
             waited = self.clock() - t0
             self._on_acquired(w, conn, waited, before, self._stats(pool))
@@ -840,15 +838,15 @@ class PoolProbe:
         pool = w.pool
 
         async def getconn(timeout: float | None = None) -> Any:
-            before = self._stats(pool)
+            before = self._enter_getconn(w)
             t0 = self.clock()
             try:
                 conn = await raw(timeout=timeout)
             except PoolTimeout as exc:
-                self._on_acquire_failed(exc, self.clock() - t0, timeout=True)
+                self._on_acquire_failed(w, exc, self.clock() - t0, timeout=True)
                 raise
-            except Exception as exc:
-                self._on_acquire_failed(exc, self.clock() - t0, timeout=False)
+            except BaseException as exc:
+                self._on_acquire_failed(w, exc, self.clock() - t0, timeout=False)
                 raise
             waited = self.clock() - t0
             self._on_acquired(w, conn, waited, before, self._stats(pool))
@@ -898,6 +896,18 @@ class PoolProbe:
             conn.__dict__.pop("wait", None)
 
     # ------------------------------------------------------------------ events
+    def _enter_getconn(self, w: _Watched) -> dict[str, int]:
+        """Count the request in flight; return the pool's stats as it starts.
+
+        psycopg_pool's ``requests_waiting`` keeps requests that already timed out until a
+        connection comes back, so it can exceed the number of clients; the requests in flight
+        through the probe bound it from above."""
+        stats = self._stats(w.pool)
+        with self._lock:
+            stats["_others_in_flight"] = w.in_flight
+            w.in_flight += 1
+        return stats
+
     def _on_acquired(
         self, w: _Watched, conn: Any, waited: float, before: Mapping[str, int],
         after: Mapping[str, int],
@@ -909,9 +919,10 @@ class PoolProbe:
         except Exception:
             pid = None
         queued = after.get("requests_queued", 0) > before.get("requests_queued", 0)
-        waiting_seen = before.get("requests_waiting", 0) + (1 if queued and waited > 0.001 else 0)
-        waiting_seen = max(waiting_seen, after.get("requests_waiting", 0))
+        others = min(before.get("requests_waiting", 0), before["_others_in_flight"])
+        waiting_seen = others + (1 if queued and waited > 0.001 else 0)
         with self._lock:
+            w.in_flight -= 1
             self._requests += 1
             self._interval_requests += 1
             self._wait_hist.record(waited)
@@ -924,9 +935,14 @@ class PoolProbe:
             if conn not in self._settings:
                 self._settings[conn] = _Settings.of(conn)
 
-    def _on_acquire_failed(self, exc: BaseException, waited: float, *, timeout: bool) -> None:
+    def _on_acquire_failed(
+        self, w: _Watched, exc: BaseException, waited: float, *, timeout: bool
+    ) -> None:
         kind = _error_kind(exc)
         with self._lock:
+            w.in_flight -= 1
+            if not isinstance(exc, Exception):  # cancelled, interrupted: not a pool error
+                return
             self._requests += 1
             self._interval_requests += 1
             if timeout:
@@ -1064,7 +1080,7 @@ class PoolProbe:
             w.last_stats = s
             size += s.get("pool_size", 0)
             available += s.get("pool_available", 0)
-            waiting += s.get("requests_waiting", 0)
+            waiting += min(s.get("requests_waiting", 0), w.in_flight)
         with self._lock:
             lost, pool_errors = self._pool_counter_deltas(
                 [("connections_lost", "returns_bad"), ("connections_errors",)]
@@ -1191,52 +1207,62 @@ class PoolProbe:
         with self._lock:
             apps = sorted({w.app_name for w in self._watched if w.app_name})
             pids = sorted(self._pids)
+        had_monitor = self._monitor is not None
         try:
-            conn = self._connect_monitor()
-            mine = "(a.application_name = ANY(%(apps)s) OR a.pid = ANY(%(pids)s))"
-            params = {"apps": apps, "pids": pids}
-            by_state: dict[str, int] = {}
-            waiting_on_lock = 0
-            longest: float | None = None
-            for state, n, on_lock, oldest in conn.execute(
-                "SELECT coalesce(a.state, 'unknown'), count(*), "
-                "count(*) FILTER (WHERE a.wait_event_type = 'Lock'), "
-                "extract(epoch FROM max(now() - a.xact_start)) "
-                f"FROM pg_stat_activity a WHERE {mine} AND a.pid <> pg_backend_pid() "
-                "GROUP BY 1", params,
-            ).fetchall():
-                by_state[str(state)] = int(n)
-                waiting_on_lock += int(on_lock)
-                if oldest is not None:
-                    longest = max(longest or 0.0, float(oldest))
-            details: list[dict[str, Any]] = []
-            lock_waits = lock_waits_db = 0
-            for (pid, app, locktype, mode, relation, waited, blockers, query, is_mine) in (
-                conn.execute(
-                    "SELECT a.pid, a.application_name, l.locktype, l.mode, "
-                    "CASE WHEN l.relation IS NULL THEN NULL ELSE l.relation::regclass::text END,"
-                    " extract(epoch FROM now() - coalesce(a.state_change, a.query_start)), "
-                    "pg_blocking_pids(a.pid), left(a.query, 200), "
-                    f"{mine} "
-                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE NOT l.granted AND a.datname = current_database() "
-                    "ORDER BY 6 DESC NULLS LAST", params,
-                ).fetchall()
-            ):
-                lock_waits_db += 1
-                if is_mine:
-                    lock_waits += 1
-                    if len(details) < 10:
-                        details.append({
-                            "pid": pid, "application_name": app, "locktype": locktype,
-                            "mode": mode, "relation": relation,
-                            "waiting_s": None if waited is None else round(float(waited), 3),
-                            "blocked_by": list(blockers or []), "query": query,
-                        })
-            counters = self._read_db_counters()
+            return self._server_snapshot(t, apps, pids)
+        except psycopg.Error as exc:
+            self._close_monitor()
+            if not had_monitor:
+                return ServerSnapshot(t=t, error=_error_kind(exc))
+        try:  # the old monitor connection may just have been cut: try a fresh one once
+            return self._server_snapshot(t, apps, pids)
         except psycopg.Error as exc:
             self._close_monitor()
             return ServerSnapshot(t=t, error=_error_kind(exc))
+
+    def _server_snapshot(self, t: float, apps: list[str], pids: list[int]) -> ServerSnapshot:
+        conn = self._connect_monitor()
+        mine = "(a.application_name = ANY(%(apps)s) OR a.pid = ANY(%(pids)s))"
+        params = {"apps": apps, "pids": pids}
+        by_state: dict[str, int] = {}
+        waiting_on_lock = 0
+        longest: float | None = None
+        for state, n, on_lock, oldest in conn.execute(
+            "SELECT coalesce(a.state, 'unknown'), count(*), "
+            "count(*) FILTER (WHERE a.wait_event_type = 'Lock'), "
+            "extract(epoch FROM max(now() - a.xact_start)) "
+            f"FROM pg_stat_activity a WHERE {mine} AND a.pid <> pg_backend_pid() "
+            "GROUP BY 1", params,
+        ).fetchall():
+            by_state[str(state)] = int(n)
+            waiting_on_lock += int(on_lock)
+            if oldest is not None:
+                longest = max(longest or 0.0, float(oldest))
+        details: list[dict[str, Any]] = []
+        lock_waits = lock_waits_db = 0
+        for (pid, app, locktype, mode, relation, waited, blockers, query, is_mine) in (
+            conn.execute(
+                "SELECT a.pid, a.application_name, l.locktype, l.mode, "
+                "CASE WHEN l.relation IS NULL THEN NULL ELSE l.relation::regclass::text END,"
+                " extract(epoch FROM now() - coalesce(a.state_change, a.query_start)), "
+                "pg_blocking_pids(a.pid), left(a.query, 200), "
+                f"{mine} "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database() "
+                "ORDER BY 6 DESC NULLS LAST", params,
+            ).fetchall()
+        ):
+            lock_waits_db += 1
+            if is_mine:
+                lock_waits += 1
+                if len(details) < 10:
+                    details.append({
+                        "pid": pid, "application_name": app, "locktype": locktype,
+                        "mode": mode, "relation": relation,
+                        "waiting_s": None if waited is None else round(float(waited), 3),
+                        "blocked_by": list(blockers or []), "query": query,
+                    })
+        counters = self._read_db_counters()
         base = self._db_baseline
 
         def delta(key: str) -> int | None:

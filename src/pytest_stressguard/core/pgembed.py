@@ -630,7 +630,28 @@ class EmbeddedPostgres:
         if user is not None:
             os.chown(path, user.uid, user.gid)
 
+    def _check_reachable(self, user: _OsUser | None) -> None:
+        """As root, PostgreSQL runs as another user who must be able to reach the data dir."""
+        if user is None:
+            return
+        for p in self.data_dir.resolve().parents:
+            st = p.stat()
+            if st.st_uid == user.uid:
+                ok = bool(st.st_mode & 0o100)
+            elif st.st_gid == user.gid:
+                ok = bool(st.st_mode & 0o010)
+            else:
+                ok = bool(st.st_mode & 0o001)
+            if not ok:
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL refuses to run as root, so it runs as {user.name!r}, which "
+                    f"cannot reach {self.data_dir}: {p} is not traversable by others (mode "
+                    f"{oct(st.st_mode & 0o777)}). Use a base directory under a world-traversable "
+                    f"one (the default {default_base_dir()} is), or set STRESSGUARD_DSN."
+                )
+
     def _initdb(self, bin_dir: Path, user: _OsUser | None, deadline: float) -> None:
+        self._check_reachable(user)
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made data dir
         self.run_dir.chmod(0o711)
