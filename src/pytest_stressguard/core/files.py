@@ -233,9 +233,7 @@ class UploadFile:
 
         ``size`` defaults to this file's size and may be larger (``.stream("1GB")``); the first
         N bytes of any stream equal the file of size N with the same content and seed."""
-        return iter_content(
-            self.size if size is None else size, self.content, self.seed, chunk_size
-        )
+        return iter_content(self.size if size is None else size, self.content, self.seed, chunk_size)
 
     def async_stream(
         self, size: str | int | None = None, chunk_size: str | int = DEFAULT_CHUNK_SIZE
@@ -387,10 +385,7 @@ class UploadFileFactory:
         path.parent.mkdir(exist_ok=True)
         part = path.with_name(path.name + ".part")
         try:
-            if content == "zeros":
-                digest = _write_zeros(part, size)
-            else:
-                digest = _write_random(part, seed, size)
+            digest = _write_zeros(part, size) if content == "zeros" else _write_random(part, seed, size)
             os.chmod(part, _READ_ONLY)
             os.replace(part, path)
         except BaseException:  # includes KeyboardInterrupt: never leave a half-written file
