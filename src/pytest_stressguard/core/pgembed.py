@@ -777,6 +777,13 @@ def _run_dir_name(run_id: str) -> str:
     return safe
 
 
+def _remove_run_dir(run_dir: Path) -> None:
+    """Remove a run's directory, and the base directory too when that leaves it empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # fails harmlessly while other runs (or a cache) live there
+
+
 def _ensure_base(base: Path) -> None:
     base.mkdir(mode=0o711, parents=True, exist_ok=True)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -819,7 +826,8 @@ class EmbeddedLease:
     def release(self) -> bool:
         """Drop this lease; the last live lease stops the server and removes its directory.
 
-        Idempotent. Returns True when this call stopped the server.
+        Idempotent. Returns True when this was the last lease (the server is stopped and the
+        directory removed).
         """
         if self._released:
             return False
@@ -833,7 +841,7 @@ class EmbeddedLease:
             if live_leases(self.run_dir, prune=True):
                 return False
             self.server.stop()
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            _remove_run_dir(self.run_dir)
             return True
 
     def _atexit(self) -> None:
@@ -896,7 +904,7 @@ def acquire_embedded(
         except BaseException:
             if not live_leases(run_dir):
                 server.stop(timeout=10.0)
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_run_dir(run_dir)
             raise
         lease_dir = run_dir / "leases"
         lease_dir.mkdir(mode=0o700, exist_ok=True)
@@ -929,7 +937,7 @@ def _remove_if_abandoned(run_dir: Path, *, timeout: float) -> bool:
         if not lock.acquired or live_leases(run_dir, prune=True):
             return False
         EmbeddedPostgres(run_dir).stop(timeout=10.0)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_run_dir(run_dir)
         return True
 
 
