@@ -84,7 +84,7 @@ class StressGuardPlugin:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.store = SessionStore()
+        self.store = SessionStore(repeat_count=int(getattr(config.option, "count", 1) or 1))
         self.worker = worker_id(config)
         self.progress = ProgressPrinter(config, settings.progress)
         config.stash[SETTINGS_KEY] = settings

@@ -17,10 +17,12 @@ from typing import Any
 _REPEAT_ID = re.compile(r"^(?P<base>.*?)\[(?:(?P<params>.*)-)?(?P<i>\d+)-(?P<n>\d+)\]$")
 
 
-def split_repetition(nodeid: str) -> tuple[str, int | None]:
-    """'t.py::test_x[3-100]' -> ('t.py::test_x', 3); keeps other params: 't.py::test_x[a]'."""
+def split_repetition(nodeid: str, count: int) -> tuple[str, int | None]:
+    """'t.py::test_x[3-100]' -> ('t.py::test_x', 3) when pytest-repeat runs with --count=100;
+    keeps other params: 't.py::test_x[a-3-100]' -> ('t.py::test_x[a]', 3). Without --count an id
+    such as '[1-1000]' is an ordinary parameter, not a repetition."""
     m = _REPEAT_ID.match(nodeid)
-    if not m:
+    if not m or count < 2 or int(m.group("n")) != count:
         return nodeid, None
     base = m.group("base")
     if m.group("params"):
@@ -65,6 +67,7 @@ class SessionStore:
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
+    repeat_count: int = 1  # pytest-repeat's --count (1 when absent)
 
     def add_record(self, record: dict[str, Any]) -> None:
         self.records.append(record)

@@ -14,11 +14,16 @@ import psutil
 import pytest
 
 
-def run_and_interrupt(path: Path, args: list[str], after: float = 2.0) -> tuple[int, str, float]:
+def run_and_interrupt(path: Path, args: list[str], after: float = 1.0) -> tuple[int, str, float]:
+    """Start pytest, wait until the body has run (it touches `started`), then press Ctrl-C."""
+    started = path / "started"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", *args],
         cwd=path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     time.sleep(after)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -31,10 +36,11 @@ def run_and_interrupt(path: Path, args: list[str], after: float = 2.0) -> tuple[
 
 @pytest.mark.parametrize("body", ["sync", "async"])
 def test_ctrl_c_during_load_keeps_the_measured_part(pytester: pytest.Pytester, body: str) -> None:
+    touch = "    open('started', 'w').close()\n"
     if body == "sync":
-        src = "def test_long():\n    time.sleep(0.001)\n"
+        src = "def test_long():\n" + touch + "    time.sleep(0.001)\n"
     else:
-        src = "async def test_long():\n    await asyncio.sleep(0.001)\n"
+        src = "async def test_long():\n" + touch + "    await asyncio.sleep(0.001)\n"
     pytester.makepyfile(
         "import asyncio, time, pytest\n\n"
         '@pytest.mark.load(users=4, duration="60s")\n' + src

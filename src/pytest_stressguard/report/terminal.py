@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,12 +11,11 @@ from pytest_stressguard.core.units import (
     format_ratio,
     format_size,
 )
+from pytest_stressguard.core.trends import sparkline
 from pytest_stressguard.session import SessionOutcome
 from pytest_stressguard.settings import Settings
-from pytest_stressguard.store import SessionStore, split_repetition
-
-SPARKS = "▁▂▃▄▅▆▇█"
-
+from pytest_stressguard.report.trends_view import trend_rows
+from pytest_stressguard.store import SessionStore
 
 def ms(value: float | None) -> str:
     if value is None:
@@ -31,20 +29,8 @@ def ms(value: float | None) -> str:
     return f"{value * 1000:.0f}us"
 
 
-def spark(values: Sequence[float], width: int = 8) -> str:
-    if not values:
-        return ""
-    if len(values) > width:  # bucket means, so the line keeps its shape
-        size = len(values) / width
-        values = [
-            sum(values[int(i * size): max(int((i + 1) * size), int(i * size) + 1)])
-            / max(1, len(values[int(i * size): max(int((i + 1) * size), int(i * size) + 1)]))
-            for i in range(width)
-        ]
-    lo, hi = min(values), max(values)
-    if hi - lo <= 0:
-        return SPARKS[0] * len(values)
-    return "".join(SPARKS[min(7, int((v - lo) / (hi - lo) * 7.999))] for v in values)
+def spark(values: Sequence[float]) -> str:
+    return sparkline(list(values), width=8)
 
 
 def table(rows: list[list[str]], right: set[int]) -> list[str]:
@@ -160,31 +146,19 @@ def pool_lines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def repeated_lines(store: SessionStore) -> list[str]:
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for point in store.trends:
-        base, index = split_repetition(point.nodeid)
-        if index is not None:
-            groups[base].append((index, point))
-    if not groups:
-        return []
-    from pytest_stressguard.core.trends import RepetitionTrend
-
     rows = [["repeated", "runs", "pass", "first fail", "memory trend", "duration trend", ""]]
-    for base, points in sorted(groups.items()):
-        points.sort(key=lambda p: p[0])
-        runs = [p for _, p in points]
-        passed = sum(1 for p in runs if p.outcome == "passed")
-        first_fail = next((i for i, p in points if p.outcome == "failed"), None)
-        trend = RepetitionTrend.from_runs([p.duration_s for p in runs],
-                                          [p.rss_delta for p in runs])
-        mem = f"{'+' if trend.memory_per_run >= 0 else '-'}{format_size(abs(trend.memory_per_run))}/run"
-        mem += " " + spark([float(p.rss_after) for p in runs])
-        dur = "flat" if not trend.duration_drifts else f"{trend.duration_change * 100:+.0f}%"
-        dur += " " + spark([p.duration_s for p in runs])
-        flag = "LEAK?" if trend.memory_grows else ("SLOWER?" if trend.duration_drifts else "")
-        rows.append([short(base), str(len(runs)), f"{passed / len(runs) * 100:.0f}%",
-                     "-" if first_fail is None else f"#{first_fail}", mem, dur, flag])
-    return table(rows, {1, 2})
+    for row in trend_rows(store):
+        per_run = row["memory_per_run_bytes"]
+        mem = f"{'+' if per_run >= 0 else '-'}{format_size(abs(per_run))}/run"
+        mem += " " + spark([float(v) for v in row["rss_after"]])
+        dur = f"{row['duration_change'] * 100:+.0f}%" if row["duration_drifts"] else "flat"
+        dur += " " + spark(row["durations_s"])
+        flag = "LEAK?" if row["memory_grows"] else ("SLOWER?" if row["duration_drifts"] else "")
+        first = row["first_failure"]
+        rows.append([short(row["test"]), str(row["runs"]),
+                     f"{row['passed'] / row['runs'] * 100:.0f}%",
+                     "-" if first is None else f"#{first}", mem, dur, flag])
+    return table(rows, {1, 2}) if len(rows) > 1 else []
 
 
 def write_summary(tr: Any, store: SessionStore, outcome: SessionOutcome | None,

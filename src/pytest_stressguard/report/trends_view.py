@@ -11,12 +11,12 @@ from pytest_stressguard.store import SessionStore, TrendPoint, split_repetition
 def grouped(store: SessionStore) -> dict[str, list[tuple[int, TrendPoint]]]:
     groups: dict[str, list[tuple[int, TrendPoint]]] = defaultdict(list)
     for point in store.trends:
-        base, index = split_repetition(point.nodeid)
+        base, index = split_repetition(point.nodeid, store.repeat_count)
         if index is not None:
             groups[base].append((index, point))
     for points in groups.values():
         points.sort(key=lambda p: p[0])
-    return dict(groups)
+    return {base: points for base, points in groups.items() if len(points) > 1}
 
 
 def trend_rows(store: SessionStore) -> list[dict[str, Any]]:
