@@ -35,7 +35,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -203,6 +203,8 @@ def create_app(settings: Settings) -> Starlette:
                         pending.clear()
                 if pending:
                     await run_in_threadpool(sink.write, bytes(pending))
+            except ClientDisconnect:
+                return Response(status_code=400)  # the client is gone; nothing is kept
             finally:
                 await run_in_threadpool(sink.close)
             digest = sink.hash.hexdigest()

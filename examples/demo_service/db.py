@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_pending_idx ON jobs (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (id) WHERE status IN ('done', 'failed');
 CREATE INDEX IF NOT EXISTS jobs_upload_idx ON jobs (upload_id);
+CREATE INDEX IF NOT EXISTS jobs_processing_idx ON jobs (started_at) WHERE status = 'processing';
 CREATE TABLE IF NOT EXISTS jobs_archive (
     id bigint PRIMARY KEY,
     upload_id bigint,

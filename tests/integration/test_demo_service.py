@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -196,6 +197,18 @@ def test_upload_with_a_wrong_sha256_is_refused_and_not_kept(
     assert set((service.data_dir / "uploads").iterdir()) <= before
     bad = client.post("/api/uploads", content=b"x", headers={"X-Content-SHA256": "nothex"})
     assert bad.status_code == 400
+
+
+def test_an_upload_aborted_midway_leaves_no_file(client: httpx.Client, service: DemoService) -> None:
+    uploads = service.data_dir / "uploads"
+    before = set(uploads.iterdir())
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"y" * 100_000
+        )
+        wait_for(lambda: any(p.suffix == ".part" for p in uploads.iterdir()), what="the partial file")
+    wait_for(lambda: set(uploads.iterdir()) <= before, what="the partial file to be removed")
+    assert client.get("/healthz").status_code == 200
 
 
 # ----------------------------------------------------------------------------- finalisation
