@@ -138,9 +138,7 @@ def test_zeros_are_sparse_and_hash_correctly(factory: UploadFileFactory) -> None
 # ----------------------------------------------------------------------------- cache
 
 
-def test_second_call_is_a_cache_hit(
-    factory: UploadFileFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_call_is_a_cache_hit(factory: UploadFileFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[int] = []
     real = files_mod._write_random
 
