@@ -859,6 +859,8 @@ class _Run:
         self.collector = _Collector()
         self.halt = threading.Event()
         self.halted = False  # plain-attribute mirror of `halt` for the hot loops
+        self.aborted = False
+        self.scheduler_task: asyncio.Task[None] | None = None
         self.start = 0.0
         self.warm_end = 0.0
         self.stop_at = math.inf  # no new iteration starts at or after this (absolute)
@@ -889,7 +891,12 @@ class _Run:
         self.stop_at = self.start + (self.planned if self.planned is not None else hard)
         self.stop_at = min(self.stop_at, self.hard_end)
 
-    def stop(self) -> None:
+    def stop(self, abort: bool = False) -> None:
+        """End the run. ``abort`` (stop event, Ctrl-C, fatal error, hard bound) also stops the
+        open-model scheduler at once; a natural end lets it account for every arrival
+        intended before the end (executed late or dropped), even when it runs behind."""
+        if abort:
+            self.aborted = True
         self.halted = True
         self.halt.set()
 
@@ -909,7 +916,7 @@ class _Run:
     def fatal_error(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
-        self.stop()
+        self.stop(abort=True)
 
     def progress(self) -> Progress:
         now = self.clock()
@@ -1106,11 +1113,13 @@ class Engine:
         try:
             while True:
                 now = clock()
-                if not run.halted:
+                if not run.aborted:
                     if stop is not None and stop.is_set():
                         interrupted = True
-                        run.stop()
-                    elif now >= run.stop_at or time.monotonic() >= real_deadline - grace:
+                        run.stop(abort=True)
+                    elif time.monotonic() >= real_deadline - grace:
+                        run.stop(abort=True)
+                    elif now >= run.stop_at and not run.halted:
                         run.stop()
                 if run.halted and halted_at is None:
                     halted_at = time.monotonic()
@@ -1131,13 +1140,12 @@ class Engine:
                     self._emit(run)
         except KeyboardInterrupt:
             interrupted = keyboard = True
-            run.stop()
+            run.stop(abort=True)
             deadline = time.monotonic() + min(grace, _INTERRUPT_JOIN)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
                 all_done.wait(max(0.0, deadline - time.monotonic()))
         end = clock()
-        if not run.halted:
-            run.stop()
+        run.stop(abort=True)  # finished, or done waiting: nothing new may start
         # users that did not finish: give them a moment to notice the halt (sleepers wake up)
         stuck_deadline = time.monotonic() + 0.2
         for th in threads:
@@ -1262,7 +1270,7 @@ class Engine:
 
         k = 0
         try:
-            while not run.halted:
+            while not run.aborted:
                 rel = arrivals.time_of(k)
                 if rel is None:
                     break
@@ -1270,7 +1278,7 @@ class Engine:
                 if target >= run.stop_at:
                     break
                 now = clock()
-                if target > now and halt.wait(target - now):
+                if target > now and halt.wait(target - now) and run.aborted:
                     break
                 k += 1
                 measured = target >= warm_end
@@ -1325,7 +1333,7 @@ class Engine:
                     tasks.add(t)
             outcome = await self._async_wait(run, tasks, in_body)
         except asyncio.CancelledError:
-            run.stop()
+            run.stop(abort=True)
             for t in tasks:
                 t.cancel()
             ticker.cancel()
@@ -1378,18 +1386,22 @@ class Engine:
         pending = {t for t in tasks if not t.done()}
         while pending:
             now = clock()
-            if not run.halted:
+            if not run.aborted:
                 if stop is not None and stop.is_set():
                     interrupted = True
-                    run.stop()
-                elif now >= run.stop_at or time.monotonic() >= real_deadline - grace:
+                    run.stop(abort=True)
+                elif time.monotonic() >= real_deadline - grace:
+                    run.stop(abort=True)
+                elif now >= run.stop_at and not run.halted:
                     run.stop()
             if run.halted:
                 if halted_at is None:
                     halted_at = time.monotonic()
                 # users waiting (ramp, think time) are cancelled; users mid-iteration finish
                 for t in list(tasks):
-                    if not t.done() and not in_body.get(t, False):
+                    if t.done():
+                        continue
+                    if not in_body.get(t, False) or (run.aborted and t is run.scheduler_task):
                         t.cancel()
                 if time.monotonic() - halted_at >= grace or time.monotonic() >= real_deadline:
                     break
@@ -1408,7 +1420,7 @@ class Engine:
                 run.collector.pull(int(now - run.start), run.active)
                 self._emit(run)
         end = clock()
-        run.stop()
+        run.stop(abort=True)
         stuck = [t for t in tasks if not t.done()]
         for t in stuck:
             t.cancel()
@@ -1539,8 +1551,12 @@ class Engine:
                 in_body.pop(me, None)
                 tasks.discard(me)
 
+        me = asyncio.current_task()
+        assert me is not None
+        run.scheduler_task = me
+        in_body[me] = True  # not cancelled at a natural end: it accounts for every arrival
         k = 0
-        while not run.halted:
+        while not run.aborted:
             rel = arrivals.time_of(k)
             if rel is None:
                 break
@@ -1550,7 +1566,7 @@ class Engine:
             now = clock()
             if target > now:
                 await asyncio.sleep(target - now)
-                if run.halted:
+                if run.aborted:
                     break
             k += 1
             measured = target >= warm_end
