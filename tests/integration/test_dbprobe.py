@@ -30,7 +30,7 @@ import pytest
 from psycopg import errors as pgerrors
 from psycopg_pool import PoolTimeout
 
-from pytest_stressguard.core.dbprobe import PoolProbe
+from pytest_stressguard.core.dbprobe import PoolProbe, PoolReport
 from pytest_stressguard.core.pgembed import EmbeddedLease, acquire_embedded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -107,7 +107,9 @@ def probe(request: pytest.FixtureRequest, dsn: str) -> Iterator[PoolProbe]:
         p.finish()
 
 
-def run_users(n: int, body: Callable[[int], None], *, timeout: float = 60.0) -> list[BaseException]:
+def run_users(
+    n: int, body: Callable[[int], object], *, timeout: float = 60.0
+) -> list[BaseException]:
     """Run ``body(i)`` in ``n`` threads released together; return the exceptions they raised."""
     barrier = threading.Barrier(n)
     errors: list[BaseException] = []
@@ -272,7 +274,7 @@ def test_serializable_finalisation_without_retry_fails_and_the_gate_says_so(
 ) -> None:
     pool = probe.pool(max_size=2, timeout=10.0)
     barrier = threading.Barrier(2)
-    errors = run_users(2, lambda i: _finalise(pool, table, barrier, retry=False) and None)
+    errors = run_users(2, lambda i: _finalise(pool, table, barrier, retry=False))
     assert len(errors) == 1 and isinstance(errors[0], pgerrors.SerializationFailure)
     assert _final_n(dsn, table) == 1  # only one finalisation went through
     [gate] = probe.check(["serialization_failures==0"])
@@ -399,6 +401,24 @@ def test_dirty_returns_are_counted_by_kind(probe: PoolProbe) -> None:
     assert report.sqlstates["42P01"]["count"] == 1  # recorded, but not a pool error
     assert report.metrics["pool_errors"] == 0
     assert any("returned dirty" in p for p in report.problems)
+
+
+def test_report_round_trips_and_timeline_stays_bounded(dsn: str) -> None:
+    probe = PoolProbe("bounded", dsn=dsn, sample_interval=0.01, max_samples=8)
+    pool = probe.pool(max_size=2, timeout=5.0)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+    report = probe.finish()
+    assert 2 <= len(report.timeline) <= 9
+    assert report.timeline_interval_s > 0.01  # merged in pairs, the interval doubled
+    assert sum(r.requests for r in report.timeline) == report.metrics["pool_requests"]
+    again = PoolReport.from_dict(report.to_dict())
+    assert again.to_dict() == report.to_dict()
+    assert again.wait_latency().count == report.metrics["pool_requests"]
+    assert report.summary().startswith("pool 2 conns: wait p95 ")
+    assert "timeouts 0, errors 0, leaked 0, dirty 0" in report.summary()
 
 
 def test_exhaust_and_recover(probe: PoolProbe) -> None:

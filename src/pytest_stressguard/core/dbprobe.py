@@ -431,6 +431,21 @@ class PoolReport:
             timeline_interval_s=float(d.get("timeline_interval_s", 0.25)),
         )
 
+    def summary(self) -> str:
+        """One line for the terminal: ``pool 5 conns: wait p95 157.3ms, waiting max 15, ...``."""
+        m = self.metrics
+        size = "+".join(str(p.get("max_size")) for p in self.pools) or "?"
+        p95 = m.get("pool_wait_p95")
+        parts = [f"wait p95 {'-' if p95 is None else f'{p95 * 1000:.1f}ms'}"]
+        for key, label in (
+            ("pool_waiting_max", "waiting max"), ("pool_timeouts", "timeouts"),
+            ("pool_errors", "errors"), ("leaked_connections", "leaked"),
+            ("dirty_returns", "dirty"), ("serialization_failures", "serialization failures"),
+            ("deadlocks", "deadlocks"),
+        ):
+            parts.append(f"{label} {int(m.get(key) or 0)}")
+        return f"pool {size} conns: " + ", ".join(parts)
+
     def wait_latency(self) -> LatencyHistogram:
         """The wait-time histogram (seconds), e.g. to merge several probes."""
         if not self.wait_histogram:

@@ -814,6 +814,7 @@ class EmbeddedLease:
         self._lease_path = lease_path
         self._lock_timeout = lock_timeout
         self._released = False
+        self._owner_pid = os.getpid()
 
     @property
     def dsn(self) -> str:
@@ -845,6 +846,8 @@ class EmbeddedLease:
             return True
 
     def _atexit(self) -> None:
+        if os.getpid() != self._owner_pid:
+            return  # a forked child inherited the handler: the lease is its parent's
         try:
             self.release()
         except Exception as exc:  # at exit, report and move on
