@@ -3,13 +3,15 @@
 Why a hand-written client
 -------------------------
 A load generator whose client saturates reports its own queueing as the server's latency. On the
-reference machine (2 cores, nginx pinned to one, the generator to the other, 50 users) the
-candidates measured (``benchmarks/bench_http.py``): httpx ~1-2k requests/s, aiohttp ~10k/s,
-Locust FastHttpUser ~10k/s, pyreqwest ~25k/s; a minimal ``asyncio.Protocol`` client does ~40k/s
-on the stock event loop (and ~3x that on uvloop when the user runs one). The per-request work
-here is therefore kept to: one cached request head, one future, one ``transport.write``, a header
-parse on one ``decode``/``split``, and one ``recorder.record``. No task, no timer handle and no
-stream object per request.
+reference machine (2 shared cores, nginx pinned to one, each generator to the other, 50 users;
+``benchmarks/bench_http.py``) a quiet run gave: this client ~50-60k requests/s at ~90 % of its
+core, pyreqwest ~15-25k/s, aiohttp ~8-10k/s, Locust FastHttpUser ~7.5-10k/s, httpx ~200/s, wrk
+~150-230k/s; on a busy run (the generator getting ~40 % of its core) 10.9k/s against Locust's
+3.2k/s, i.e. 3.1x Locust per CPU-second. A minimal ``asyncio.Protocol`` client on the stock
+event loop is therefore the transport; uvloop added only ~15 % and is not a dependency (it is
+used when the caller's loop is uvloop). The per-request work is kept to: one cached request
+head, one future, one ``transport.write``, a header parse on one ``decode``/``split``, and one
+``recorder.record``. No task, no timer handle and no stream object per request.
 
 Design notes
 ------------
