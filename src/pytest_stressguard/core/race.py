@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import io
 import os
 import sys
 import sysconfig
@@ -765,6 +764,23 @@ def _run_round(
 # ----------------------------------------------------------------------------- async runner
 
 
+def _await_stack(task: asyncio.Task[None]) -> str:
+    """The task's stack down the chain of awaits (`Task.print_stack` stops at its own frame)."""
+    frames: list[traceback.FrameSummary] = []
+    coro: Any = task.get_coro()
+    for _ in range(1000):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(
+            traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        )
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if not frames:
+        return "  (task ended)\n"
+    return "".join(traceback.format_list(frames))
+
+
 async def run_concurrent_async(
     fn: Callable[[], Awaitable[object]],
     spec: ConcurrentSpec | None = None,
@@ -838,10 +854,8 @@ async def _run_round_async(
         abandoned[0] = True
         for i, task in enumerate(tasks, start=1):
             if task in pending:
-                buf = io.StringIO()
-                task.print_stack(file=buf)
                 result.hung.append((i, rnd))
-                result.hang_stacks[i] = buf.getvalue()
+                result.hang_stacks[i] = f"  task {task.get_name()}\n" + _await_stack(task)
                 task.cancel()
         await asyncio.wait(pending, timeout=1.0)
     for task in tasks:
