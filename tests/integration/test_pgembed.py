@@ -323,3 +323,28 @@ def test_embedded_server_supports_the_probe_scenarios(base: Path) -> None:
     finally:
         assert lease.release() is True
     assert not lease.run_dir.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_as_root_binaries_out_of_reach_of_the_server_user_are_copied(base: Path) -> None:
+    """A virtualenv under a 0700 home (root in a CI container): the ``pgserver`` user cannot run
+    its binaries, so a world-readable copy is made once in the base directory."""
+    from pytest_stressguard.core.pgembed import find_postgres_bin
+
+    private = Path(tempfile.mkdtemp(prefix="sg-private-"))  # 0700, root's
+    try:
+        original = find_postgres_bin().parent  # .../site-packages/pgserver/pginstall
+        install = private / "site" / original.parent.name / original.name
+        shutil.copytree(original, install, symlinks=True)
+        libs = original.parent.parent / f"{original.parent.name}.libs"  # the wheel's own libs
+        if libs.is_dir():
+            shutil.copytree(libs, private / "site" / libs.name, symlinks=True)
+        lease = acquire_embedded(run_id(), base_dir=base, sweep=False, bin_dir=install / "bin")
+        try:
+            assert accepts(lease.dsn)
+            [copy] = [d for d in base.iterdir() if d.name.startswith(".pginstall-")]
+            assert (copy / original.parent.name / original.name / "bin" / "postgres").exists()
+        finally:
+            assert lease.release() is True
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

@@ -294,6 +294,8 @@ def _run(
             raise EmbeddedPostgresError(
                 f"{Path(cmd[0]).name} did not finish within {timeout:.1f}s"
             ) from exc
+        except OSError as exc:  # cannot execute it (as that user): report like a failed run
+            return subprocess.CompletedProcess(cmd, 126, f"cannot run {cmd[0]}: {exc}", "")
         sink.flush()
         sink.seek(0)
         text = sink.read()
@@ -305,7 +307,8 @@ def _usable_bin_dir(bin_dir: Path, user: _OsUser | None, base_dir: Path) -> Path
 
     As root, a virtualenv under a 0700 home directory is not reachable by the ``pgserver`` user.
     Instead of loosening permissions up the user's tree (what pgserver does), copy the
-    relocatable installation (bin/lib/share, ~35 MB) once into ``base_dir``.
+    relocatable installation (bin/lib/share and the wheel's ``.libs``, ~40 MB) once into
+    ``base_dir``.
     """
     if user is None:
         return bin_dir
@@ -318,11 +321,18 @@ def _usable_bin_dir(bin_dir: Path, user: _OsUser | None, base_dir: Path) -> Path
             f"the user {user.name!r} cannot run {bin_dir / 'pg_ctl'} ({probe.stdout.strip()}); "
             "make the directory readable or set STRESSGUARD_DSN"
         )
+    # the wheel's binaries find their shared libraries in "<package>.libs" beside the package
+    # ($ORIGIN/../../../pgserver.libs, the auditwheel layout): copy both, keeping the layout
+    package = root.parent
+    libs = package.parent / f"{package.name}.libs"
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
     target = base_dir / f".pginstall-{digest}"
-    if not (target / "bin" / "pg_ctl").exists():
+    install = target / package.name / root.name
+    if not (install / "bin" / "pg_ctl").exists():
         tmp = base_dir / f".pginstall-{digest}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        shutil.copytree(root, tmp, symlinks=True)
+        shutil.copytree(root, tmp / package.name / root.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / libs.name, symlinks=True)
         for dirpath, dirnames, filenames in os.walk(tmp):
             for name in dirnames:
                 os.chmod(os.path.join(dirpath, name), 0o755)
@@ -336,7 +346,7 @@ def _usable_bin_dir(bin_dir: Path, user: _OsUser | None, base_dir: Path) -> Path
             os.rename(tmp, target)
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
-    return target / "bin"
+    return install / "bin"
 
 
 # ---------------------------------------------------------------------------------------------
