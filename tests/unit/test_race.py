@@ -283,6 +283,22 @@ def test_a_hang_leaves_no_worker_stuck_at_the_barrier() -> None:
     assert new_threads_end(before)
 
 
+def test_a_worker_that_cannot_start_releases_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "stressguard-w3-r1":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    before = set(threading.enumerate())
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        run_concurrent(lambda: None, spec(workers=4, switch_interval=1e-4))
+    monkeypatch.undo()
+    assert new_threads_end(before)  # workers 1 and 2 left the barrier; state checked by fixture
+
+
 # ------------------------------------------------------------------------- trace state
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import os
 import sys
@@ -601,11 +602,17 @@ def _switch(progress: list[int], _sleep: Callable[[float], None] = time.sleep) -
         _sleep(_HANDOFF_S)
 
 
+@functools.lru_cache(maxsize=32)
+def _project_filter(roots: tuple[str, ...], exclude: tuple[str, ...]) -> ProjectFilter:
+    """One filter per (roots, exclude), so its per-file decisions are kept across runs."""
+    return ProjectFilter(roots, exclude)
+
+
 def _make_amplifier(spec: ConcurrentSpec) -> tuple[_Amplifier, list[str]]:
     warnings: list[str] = []
     if not spec.amplify:
         return _NoAmplifier("off"), warnings
-    wanted = ProjectFilter(spec.roots, spec.exclude)
+    wanted = _project_filter(spec.roots or (os.getcwd(),), spec.exclude)
     backend = spec.backend
     if backend == "auto":
         backend = "monitoring" if hasattr(sys, "monitoring") else "settrace"
@@ -719,9 +726,9 @@ def _run_round(
         undo = amp.thread_enter()
         try:
             try:
-                barrier.wait(timeout=spec.timeout)
+                barrier.wait()  # no timeout of its own: the round's deadline covers it
             except threading.BrokenBarrierError:
-                return  # the round was abandoned (hang) before this worker started
+                return  # the round was abandoned before this worker started
             # The barrier lets its waiters out one by one (they re-take its lock); spinning
             # until every worker is out makes them all runnable when the body starts.
             with gate_lock:
@@ -748,10 +755,14 @@ def _run_round(
         for i in range(1, n + 1)
     ]
     deadline = time.monotonic() + spec.timeout
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+    except BaseException:  # can't start a thread, KeyboardInterrupt: release the waiters
+        barrier.abort()
+        raise
     alive = [(i, t) for i, t in enumerate(threads, start=1) if t.is_alive()]
     if alive:
         barrier.abort()
