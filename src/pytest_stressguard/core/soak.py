@@ -1,0 +1,614 @@
+"""Soak runs: the body under steady load for a long time while memory is sampled.
+
+:func:`run_soak` (threads) and :func:`run_soak_async` (tasks) run the body with the load engine
+(``users``, ``think_time``, ``warmup`` as in a load test), sample this process and any watched
+process with :class:`~.monitor.ResourceMonitor`, and decide:
+
+* **leak** — for this process and each watched one: the robust growth rate of RSS after the
+  warm-up (:func:`.trends.estimate_leak`: Theil–Sen slope, Sen's 95 % interval, growth must
+  persist into the last half). The gate fails when established growth exceeds ``leak_limit``.
+* **drift** — ``median(latency of the last part) / median(first part) - 1``, parts being the
+  first and last ``drift_part`` (20 %) of the measured window. The gate is two-sided
+  (``|drift| <= drift_limit``: "stable within ±20 %"); the signed value is reported.
+* **sla** — any thresholds, evaluated on the load metrics plus ``leak``, ``drift``,
+  ``peak_rss`` and ``cpu``.
+
+How a time-scaled soak is judged
+--------------------------------
+Leak rates are bytes per **wall-clock hour of the window actually run**, and the limit is never
+scaled. A time-scaled soak (``--stressguard-time-scale=0.05``) keeps the load (users,
+think time, hence iterations per second) and shortens the time, so a leak of ``B`` bytes per
+iteration shows the same bytes/h in 6 minutes as in 2 hours. What a short window loses is
+resolution: the confidence bound is wider, and growth smaller than the RSS noise (pages,
+allocator arenas: tens of KB to a few MB) over the window cannot be established. The result
+reports the bound; when it is wider than the limit, a warning says the window cannot resolve the
+limit (a pass then means "no leak big enough to see in this window", not "below the limit").
+
+Allocation sites
+----------------
+When this process leaks beyond the limit and ``track_allocs`` is on, the body runs once more for
+a short window (``alloc_window``, default 10 % of the duration, 1..30 s) under memray
+(:class:`~.allocs.AllocationTracker`), and the sites still holding memory at its end are
+reported. A separate window keeps memray's overhead and its own memory out of the measured
+slope and latencies, and costs time only when a leak was found.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import threading
+import time
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .allocs import AllocationTracker, AllocSite
+from .engine import Engine, LoadResult, LoadSpec
+from .monitor import ResourceMonitor
+from .thresholds import Threshold, ThresholdResult, evaluate, parse_thresholds
+from .trends import LeakEstimate, drift, estimate_leak, is_leak, median
+from .units import format_duration, format_ratio, format_size, format_size_rate
+
+__all__ = [
+    "SoakResult",
+    "SoakSpec",
+    "WatchedResult",
+    "run_soak",
+    "run_soak_async",
+]
+
+T = TypeVar("T")
+
+#: Points of each memory series kept for reports (the monitor keeps more for the estimate).
+REPORT_POINTS = 120
+#: Latencies kept per drift part (a fixed reservoir: constant memory in a soak of any length).
+RESERVOIR = 4096
+#: Fewest successful iterations per part for a drift figure.
+MIN_DRIFT_ITERATIONS = 3
+#: Unreachable objects found by gc.collect() after a leaking soak worth a warning.
+GARBAGE_NOTE_OBJECTS = 100
+
+
+@dataclass(frozen=True)
+class SoakSpec:
+    """What to run. Seconds, bytes per hour, ratios (build from user strings with core.units).
+
+    ``duration`` includes ``warmup`` (as for load tests). ``leak_limit`` (bytes/h) and
+    ``drift_limit`` (ratio, 0.2 = ±20 %) are gates; None means report only.
+    """
+
+    duration: float
+    users: int = 1
+    think_time: float = 0.0
+    warmup: float = 0.0
+    leak_limit: float | None = None
+    drift_limit: float | None = None
+    sample_interval: float = 0.1
+    sla: tuple[str, ...] = ()
+    drift_part: float = 0.2
+    alloc_window: float | None = None
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"invalid soak spec: {msg}")
+
+        if not (math.isfinite(self.duration) and self.duration > 0):
+            raise bad(f"duration must be > 0 seconds, got {self.duration!r}")
+        if isinstance(self.users, bool) or not isinstance(self.users, int) or self.users < 1:
+            raise bad(f"users must be an integer >= 1, got {self.users!r}")
+        for name in ("think_time", "warmup"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise bad(f"{name} must be >= 0 seconds, got {v!r}")
+        if self.warmup >= self.duration:
+            raise bad(f"warmup ({self.warmup:g}s) must be shorter than duration "
+                      f"({self.duration:g}s)")
+        for name in ("leak_limit", "drift_limit"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise bad(f"{name} must be >= 0, got {v!r}")
+        if not (math.isfinite(self.sample_interval) and self.sample_interval > 0):
+            raise bad(f"sample_interval must be > 0 seconds, got {self.sample_interval!r}")
+        if not 0 < self.drift_part <= 0.5:
+            raise bad(f"drift_part must be in (0, 0.5], got {self.drift_part!r}")
+        if self.alloc_window is not None and not (
+            math.isfinite(self.alloc_window) and self.alloc_window > 0
+        ):
+            raise bad(f"alloc_window must be > 0 seconds, got {self.alloc_window!r}")
+        if isinstance(self.sla, str):
+            object.__setattr__(self, "sla", (self.sla,))
+        parse_thresholds(self.sla)  # a bad expression fails here, before the soak
+
+    @property
+    def measured(self) -> float:
+        return self.duration - self.warmup
+
+    @property
+    def effective_alloc_window(self) -> float:
+        if self.alloc_window is not None:
+            return self.alloc_window
+        return min(30.0, max(1.0, 0.1 * self.duration))
+
+    def load_spec(self, duration: float | None = None, warmup: float | None = None) -> LoadSpec:
+        return LoadSpec(
+            users=self.users,
+            duration=self.duration if duration is None else duration,
+            think_time=self.think_time,
+            warmup=self.warmup if warmup is None else warmup,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duration": self.duration,
+            "users": self.users,
+            "think_time": self.think_time,
+            "warmup": self.warmup,
+            "leak_limit": self.leak_limit,
+            "drift_limit": self.drift_limit,
+            "sample_interval": self.sample_interval,
+            "sla": list(self.sla),
+            "drift_part": self.drift_part,
+            "alloc_window": self.alloc_window,
+        }
+
+
+@dataclass(frozen=True)
+class WatchedResult:
+    """Leak and peak of one watched process."""
+
+    pid: int
+    label: str
+    leak: LeakEstimate
+    peak_rss: int
+    exited: bool
+    memory: list[tuple[float, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "label": self.label,
+            "leak_bytes_per_h": self.leak.bytes_per_h,
+            "leak_bound_bytes_per_h": self.leak.bound,
+            "leak_gate_bytes_per_h": self.leak.gate_bytes_per_h,
+            "leak": self.leak.to_dict(),
+            "peak_rss": self.peak_rss,
+            "exited": self.exited,
+        }
+
+
+@dataclass
+class SoakResult:
+    """Everything a soak measured and decided. Times in seconds, memory in bytes."""
+
+    spec: SoakSpec
+    load: LoadResult | None
+    duration_s: float
+    leak: LeakEstimate
+    peak_rss: int
+    cpu: float | None
+    memory: list[tuple[float, int]]
+    drift: float | None = None
+    drift_first_s: float | None = None
+    drift_last_s: float | None = None
+    drift_note: str = ""
+    watched: dict[int, WatchedResult] = field(default_factory=dict)
+    alloc_sites: list[AllocSite] = field(default_factory=list)
+    alloc_note: str | None = None
+    thresholds: list[ThresholdResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sampler: dict[str, float] = field(default_factory=dict)
+    gc_unreachable: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.thresholds)
+
+    @property
+    def failures(self) -> list[ThresholdResult]:
+        return [r for r in self.thresholds if not r.ok]
+
+    def metrics(self) -> dict[str, float | None]:
+        """Threshold metrics: the load metrics plus ``leak`` (B/h, this process), ``drift``
+        (ratio, signed), ``peak_rss`` (B) and ``cpu`` (ratio of one core)."""
+        out: dict[str, float | None] = dict(self.load.metrics()) if self.load else {}
+        out["leak"] = self.leak.gate_bytes_per_h
+        out["drift"] = self.drift
+        out["peak_rss"] = float(self.peak_rss)
+        out["cpu"] = self.cpu
+        return out
+
+    def describe(self) -> str:
+        """A multi-line human summary (failure messages, ``-v`` sections)."""
+        lines = [f"soak {format_duration(self.duration_s)}: leak {self.leak.describe()}"]
+        for w in self.watched.values():
+            lines.append(f"  watched {w.label} (pid {w.pid}): leak {w.leak.describe()}, "
+                         f"peak {format_size(w.peak_rss)}" + (" (exited)" if w.exited else ""))
+        if self.drift is not None:
+            lines.append(f"  drift {self.drift * 100:+.1f}% (median {self.drift_first_s:.4g}s "
+                         f"-> {self.drift_last_s:.4g}s)")
+        elif self.drift_note:
+            lines.append(f"  drift: {self.drift_note}")
+        lines.append(f"  peak RSS {format_size(self.peak_rss)}")
+        if self.alloc_sites:
+            lines.append("  top allocation sites still holding memory:")
+            lines += [f"    {s.describe()}" for s in self.alloc_sites]
+        elif self.alloc_note:
+            lines.append(f"  {self.alloc_note}")
+        lines += [f"  {r.describe()}" for r in self.thresholds]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self, include_load: bool = False) -> dict[str, Any]:
+        """Plain data (the ``soak`` block of the JSON report; ``load`` too when asked)."""
+        out: dict[str, Any] = {
+            "spec": self.spec.to_dict(),
+            "duration_s": self.duration_s,
+            "leak_bytes_per_h": self.leak.bytes_per_h,
+            "leak_lower_bytes_per_h": self.leak.lower,
+            "leak_upper_bytes_per_h": self.leak.upper,
+            "leak_bound_bytes_per_h": self.leak.bound,
+            "leak_gate_bytes_per_h": self.leak.gate_bytes_per_h,
+            "leak_established": self.leak.established,
+            "leak_reason": self.leak.reason,
+            "leak": self.leak.to_dict(),
+            "drift": self.drift,
+            "drift_first_ms": None if self.drift_first_s is None else self.drift_first_s * 1e3,
+            "drift_last_ms": None if self.drift_last_s is None else self.drift_last_s * 1e3,
+            "drift_note": self.drift_note,
+            "peak_rss": self.peak_rss,
+            "cpu": self.cpu,
+            "memory": [[t, rss] for t, rss in self.memory],
+            "watched": [w.to_dict() for w in self.watched.values()],
+            "watched_memory": {
+                str(pid): [[t, rss] for t, rss in w.memory] for pid, w in self.watched.items()
+            },
+            "alloc_sites": [s.to_dict() for s in self.alloc_sites],
+            "alloc_note": self.alloc_note,
+            "thresholds": [r.to_dict() for r in self.thresholds],
+            "warnings": list(self.warnings),
+            "sampler": dict(self.sampler),
+            "gc_unreachable": self.gc_unreachable,
+            "ok": self.ok,
+        }
+        if include_load:
+            out["load"] = None if self.load is None else self.load.to_dict()
+        return out
+
+
+# ------------------------------------------------------------------------------ drift sampling
+class _Reservoir:
+    """Uniform random sample of at most ``cap`` values (Algorithm R), preallocated."""
+
+    def __init__(self, cap: int, seed: int) -> None:
+        self.values = array("d", [0.0]) * cap
+        self.cap = cap
+        self.size = 0
+        self.seen = 0
+        self.rng = random.Random(seed)
+
+    def add(self, v: float) -> None:
+        self.seen += 1
+        if self.size < self.cap:
+            self.values[self.size] = v
+            self.size += 1
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.cap:
+                self.values[j] = v
+
+    def items(self) -> list[float]:
+        return list(self.values[: self.size])
+
+
+class _DriftProbe:
+    """Records iteration latencies that start in the first and last part of the window."""
+
+    def __init__(self, spec: SoakSpec, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.first = _Reservoir(RESERVOIR, 1)
+        self.last = _Reservoir(RESERVOIR, 2)
+        self.start = 0.0
+        part = spec.drift_part * spec.measured
+        self.first_from = spec.warmup
+        self.first_to = spec.warmup + part
+        self.last_from = spec.duration - part
+
+    def begin(self) -> None:
+        self.start = self.clock()
+
+    def record(self, t0: float, t1: float) -> None:
+        rel = t0 - self.start
+        if self.first_from <= rel < self.first_to:
+            with self.lock:
+                self.first.add(t1 - t0)
+        elif rel >= self.last_from:
+            with self.lock:
+                self.last.add(t1 - t0)
+
+    def wrap(self, fn: Callable[[], T]) -> Callable[[], T]:
+        clock, record = self.clock, self.record
+
+        def body() -> T:
+            t0 = clock()
+            out = fn()
+            record(t0, clock())
+            return out
+
+        return body
+
+    def wrap_async(self, fn: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        clock, record = self.clock, self.record
+
+        async def body() -> T:
+            t0 = clock()
+            out = await fn()
+            record(t0, clock())
+            return out
+
+        return body
+
+    def result(self) -> tuple[float | None, float | None, float | None, str]:
+        first, last = self.first.items(), self.last.items()
+        if len(first) < MIN_DRIFT_ITERATIONS or len(last) < MIN_DRIFT_ITERATIONS:
+            return None, None, None, (
+                f"too few successful iterations for drift (first part {len(first)}, "
+                f"last part {len(last)}, need {MIN_DRIFT_ITERATIONS} each)"
+            )
+        try:
+            return drift(first, last), median(first), median(last), ""
+        except ValueError as exc:
+            return None, None, None, str(exc)
+
+
+# ------------------------------------------------------------------------------ running
+def _targets(watch: Iterable[object] | Mapping[str, object]) -> list[tuple[object, str | None]]:
+    if isinstance(watch, Mapping):
+        return [(target, str(label)) for label, target in watch.items()]
+    return [(target, None) for target in watch]
+
+
+class _Session:
+    """Shared set-up and decision logic of the sync and async runners."""
+
+    def __init__(
+        self,
+        spec: SoakSpec,
+        watch: Iterable[object] | Mapping[str, object],
+        monitor: ResourceMonitor | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.spec = spec
+        self.own_monitor = monitor is None
+        self.monitor = monitor if monitor is not None else ResourceMonitor(spec.sample_interval)
+        self.pids = [self.monitor.watch(t, label) for t, label in _targets(watch)]
+        self.probe = _DriftProbe(spec, clock)
+        self.clock = clock
+        self.origin = 0.0
+        self.end = 0.0
+        self.wall0 = 0.0
+
+    def begin(self) -> None:
+        if not self.monitor.running:
+            self.monitor.start()
+        self.origin = self.monitor.now()
+        self.wall0 = time.monotonic()
+        self.probe.begin()
+
+    def finish(self) -> None:
+        if self.own_monitor:
+            self.monitor.stop()
+        else:
+            self.monitor.sample_now()
+        self.end = self.monitor.now()
+
+    def _leak(self, pid: int | None) -> LeakEstimate:
+        pts = [(t, rss) for t, rss in self.monitor.rss_points(pid)
+               if self.origin <= t <= self.end]
+        return estimate_leak([p[0] for p in pts], [float(p[1]) for p in pts],
+                             warmup=self.spec.warmup, origin=self.origin)
+
+    def _memory(self, pid: int | None) -> list[tuple[float, int]]:
+        pts = [(round(t - self.origin, 3), rss) for t, rss in self.monitor.rss_points(pid)
+               if self.origin <= t <= self.end]
+        return _downsample(pts, REPORT_POINTS)
+
+    def decide(self, load: LoadResult | None) -> SoakResult:
+        spec, mon = self.spec, self.monitor
+        leak = self._leak(None)
+        drift_v, first, last, note = self.probe.result()
+        result = SoakResult(
+            spec=spec,
+            load=load,
+            duration_s=time.monotonic() - self.wall0,
+            leak=leak,
+            peak_rss=mon.peak_rss,
+            cpu=mon.cpu_ratio(),
+            memory=self._memory(None),
+            drift=drift_v,
+            drift_first_s=first,
+            drift_last_s=last,
+            drift_note=note,
+            sampler=mon.overhead(),
+        )
+        for pid in self.pids:
+            result.watched[pid] = WatchedResult(
+                pid=pid,
+                label=mon.label(pid),
+                leak=self._leak(pid),
+                peak_rss=mon.peak_rss_of(pid),
+                exited=mon.exited(pid),
+                memory=self._memory(pid),
+            )
+        result.warnings += list(mon.notes)
+        if load is not None:
+            result.warnings += load.warnings
+        result.thresholds = self._gates(result)
+        return result
+
+    def _gates(self, r: SoakResult) -> list[ThresholdResult]:
+        spec = self.spec
+        out: list[ThresholdResult] = []
+        if spec.leak_limit is not None:
+            limit = spec.leak_limit
+            gate = Threshold(f"leak<{format_size_rate(limit)}", "leak", None, "<", limit,
+                             "size_rate")
+            procs: list[tuple[str, LeakEstimate]] = [("this process", r.leak)]
+            procs += [(f"watched {w.label} pid {w.pid}", w.leak) for w in r.watched.values()]
+            for who, est in procs:
+                res = gate.check(est.gate_bytes_per_h)
+                note = who if est.valid else f"{who}: {est.reason}"
+                if res.ok and est.valid and not est.resolves(limit):
+                    r.warnings.append(
+                        f"{who}: the {format_duration(est.span_s)} window cannot resolve "
+                        f"{format_size_rate(limit)} (bound ±{format_size_rate(est.bound or 0)}); "
+                        "run longer to tell a slow leak from noise"
+                    )
+                out.append(ThresholdResult(res.threshold, res.value, res.ok, note))
+        if spec.drift_limit is not None:
+            limit = spec.drift_limit
+            gate = Threshold(f"|drift|<={format_ratio(limit)}", "drift", None, "<=", limit,
+                             "ratio")
+            if r.drift is None:
+                out.append(ThresholdResult(gate, None, False, r.drift_note or "not measured"))
+            else:
+                res = gate.check(abs(r.drift))
+                word = "slower" if r.drift > 0 else "faster"
+                out.append(ThresholdResult(gate, res.value, res.ok,
+                                           f"{r.drift * 100:+.1f}%, {word} at the end"))
+        if spec.sla:
+            endpoints = r.load.endpoint_metrics() if r.load is not None else {}
+            out += evaluate(parse_thresholds(spec.sla), r.metrics(), endpoints)
+        return out
+
+
+def _downsample(pts: list[tuple[float, int]], n: int) -> list[tuple[float, int]]:
+    if len(pts) <= n:
+        return pts
+    out = []
+    for k in range(n):
+        a, b = k * len(pts) // n, (k + 1) * len(pts) // n
+        chunk = pts[a:b]
+        out.append((round(sum(p[0] for p in chunk) / len(chunk), 3),
+                    round(sum(p[1] for p in chunk) / len(chunk))))
+    return out
+
+
+def _wants_allocs(session: _Session, result: SoakResult, track_allocs: bool) -> bool:
+    limit = session.spec.leak_limit
+    return track_allocs and limit is not None and is_leak(result.leak, limit)
+
+
+def run_soak(
+    fn: Callable[[], object],
+    spec: SoakSpec,
+    *,
+    watch: Iterable[object] | Mapping[str, object] = (),
+    monitor: ResourceMonitor | None = None,
+    engine: Engine | None = None,
+    track_allocs: bool = True,
+    alloc_dir: str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SoakResult:
+    """Run ``fn`` (one iteration, sync) as a soak; see the module docstring.
+
+    ``watch``: pids / ``psutil.Process`` / objects with ``.pid`` (or a mapping label -> target)
+    whose memory is gated too. ``monitor``: an existing monitor to use (started if needed,
+    stopped only if this function created it). ``engine``: the engine to run with (e.g. one with
+    a progress callback).
+    """
+    session = _Session(spec, watch, monitor, clock)
+    eng = engine if engine is not None else Engine()
+    session.begin()
+    try:
+        load = eng.run_sync(session.probe.wrap(fn), spec.load_spec())
+    finally:
+        session.finish()
+    result = session.decide(load)
+    _note_garbage(session, result)
+    if _wants_allocs(session, result, track_allocs):
+        window = spec.effective_alloc_window
+        with AllocationTracker(alloc_dir) as tracker:
+            try:
+                Engine().run_sync(fn, spec.load_spec(duration=window, warmup=0.0))
+            except Exception as exc:  # the soak is decided; the extra window is best effort
+                result.warnings.append(f"allocation window failed: {exc!r}")
+        _take_sites(result, tracker, window)
+    return result
+
+
+async def run_soak_async(
+    fn: Callable[[], Awaitable[object]],
+    spec: SoakSpec,
+    *,
+    watch: Iterable[object] | Mapping[str, object] = (),
+    monitor: ResourceMonitor | None = None,
+    engine: Engine | None = None,
+    track_allocs: bool = True,
+    alloc_dir: str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SoakResult:
+    """:func:`run_soak` for ``async`` bodies (users are tasks on the running loop)."""
+    session = _Session(spec, watch, monitor, clock)
+    eng = engine if engine is not None else Engine()
+    session.begin()
+    try:
+        load = await eng.run_async(session.probe.wrap_async(fn), spec.load_spec())
+    finally:
+        session.finish()
+    result = session.decide(load)
+    _note_garbage(session, result)
+    if _wants_allocs(session, result, track_allocs):
+        window = spec.effective_alloc_window
+        with AllocationTracker(alloc_dir) as tracker:
+            try:
+                await Engine().run_async(fn, spec.load_spec(duration=window, warmup=0.0))
+            except Exception as exc:
+                result.warnings.append(f"allocation window failed: {exc!r}")
+        _take_sites(result, tracker, window)
+    return result
+
+
+def _note_garbage(session: _Session, result: SoakResult) -> None:
+    """After a self-leak verdict, tell garbage from a leak: count what the collector frees."""
+    limit = session.spec.leak_limit
+    if limit is None or not is_leak(result.leak, limit):
+        return
+    found = gc.collect()
+    result.gc_unreachable = found
+    if found >= GARBAGE_NOTE_OBJECTS:
+        result.warnings.append(
+            f"gc.collect() after the soak freed {found} unreachable objects (reference cycles): "
+            "part of the growth may be garbage that the collector had not reached yet; a soak "
+            "shorter than the collector's period cannot tell it from a leak"
+        )
+
+
+def _take_sites(result: SoakResult, tracker: AllocationTracker, window: float) -> None:
+    result.alloc_sites = tracker.top_sites(5)
+    if tracker.note is not None:
+        result.alloc_note = tracker.note
+    elif not result.alloc_sites:
+        result.alloc_note = (
+            f"no allocation still held after a {format_duration(window)} window under memray "
+            "(the growth may be outside Python's allocators, or not per iteration)"
+        )
+    else:
+        result.alloc_note = (
+            f"sites holding memory allocated during a {format_duration(window)} window "
+            "after the soak (memray)"
+        )
+    rate = result.leak.gate_bytes_per_h
+    if tracker.available and rate:
+        held = sum(site.size_bytes for site in tracker.sites)
+        expected = rate * window / 3600.0
+        if held < 0.1 * expected:
+            result.warnings.append(
+                f"memray: after gc.collect(), only {format_size(held)} allocated in the "
+                f"{format_duration(window)} window was still held, where the leak rate predicts "
+                f"{format_size(expected)}: the growth is likely garbage (reference cycles the "
+                "collector had not reached yet) or outside Python's allocators"
+            )
