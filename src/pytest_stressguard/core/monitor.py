@@ -106,12 +106,12 @@ class _Series:
             self._pending.clear()
 
     def _put(self, row: tuple[float, ...]) -> None:
-        if self.size == self.capacity:
-            self._compact()
         i = self.size
         for name, v in zip(_FIELDS, row, strict=True):
             self.cols[name][i] = v
         self.size += 1
+        if self.size == self.capacity:  # every stored point then stands for `stride` ticks
+            self._compact()
 
     def _compact(self) -> None:
         half = self.size // 2
