@@ -52,7 +52,8 @@ async def _then_close(item: pytest.Item, coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await coro
     finally:
-        for close in reversed(item.stash.get(CLOSERS_KEY, [])):
+        closers = item.stash.get(CLOSERS_KEY, None) or []
+        for close in reversed(closers):
             await close()
 
 

@@ -6,14 +6,14 @@ import asyncio
 import inspect
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from pytest_stressguard import kinds
-from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.dbprobe import PoolProbe
+from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.files import UploadFileFactory
 from pytest_stressguard.core.http import HttpClient, Response
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
@@ -197,6 +197,11 @@ def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     settings = _settings(request.config)
     dsn = pgembed.resolve_dsn(settings.dsn, os.environ)
     if dsn is not None:
+        try:  # a wrong DSN fails here, once, with the reason, not in every test
+            pgembed.wait_for_dsn(dsn, timeout=10)
+        except pgembed.DatabaseUnavailable as exc:
+            pytest.fail(f"stressguard_dsn: {pgembed.redact_dsn(dsn)} is not reachable: {exc}",
+                        pytrace=False)
         yield dsn
         return
     try:
@@ -222,7 +227,7 @@ class ProbeFixture(PoolProbe):
             self.dsn = str(self._request.getfixturevalue("stressguard_dsn"))
         return super().pool(dsn, **kwargs)
 
-    def check(self, exprs: Sequence[str] | str) -> list[ThresholdResult]:
+    def check(self, exprs: Iterable[str] | str) -> list[ThresholdResult]:
         """Evaluate pool thresholds now; a violation fails the test with every value."""
         try:
             results = super().check(exprs)

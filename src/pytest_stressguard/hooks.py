@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import time
 from collections.abc import Callable, Generator
@@ -24,12 +25,13 @@ OUTCOME_KEY = pytest.StashKey[SessionOutcome]()
 MARK_KEY = pytest.StashKey[tuple[str, Any]]()
 RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
-RSS_KEY = pytest.StashKey[int]()
+RSS_KEY = pytest.StashKey[tuple[int, int]]()
 
 Runner = Callable[[pytest.Function, Any, Settings, Any], tuple[dict[str, Any], Verdict]]
 RUNNERS: dict[str, Runner] = {
     "load": kinds.run_load,
     "stress": kinds.run_stress,
+    "concurrent": kinds.run_concurrent,
 }
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -78,6 +80,17 @@ def bind_item_mark(nodeid: str, node: Any) -> tuple[str, Any] | None:
         return name, bind_mark(name, mark.args, dict(mark.kwargs))
     except MarkerError as exc:
         raise MarkerError(f"{nodeid}: @pytest.mark.{name}: {exc}") from None
+
+
+def failure_kind(report: pytest.TestReport) -> str:
+    """'AssertionError: lost updates: N of N': the exception and message, numbers folded so that
+    repetitions failing the same way count as one kind."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else (report.longreprtext or report.outcome)
+    first = text.strip().splitlines()[0] if text.strip() else report.outcome
+    if report.when != "call":
+        first = f"{report.when}: {first}"
+    return re.sub(r"\d+(\.\d+)?", "N", first)[:100]
 
 
 class StressGuardPlugin:
@@ -142,18 +155,23 @@ class StressGuardPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        item.stash[RSS_KEY] = current_rss()
-        return (yield)
+        # Read right around the call: what pytest keeps per test (reports, captured output) is
+        # made later and must not count as the test's own memory growth.
+        before = current_rss()
+        try:
+            return (yield)
+        finally:
+            after = current_rss()
+            item.stash[RSS_KEY] = (after, after - before)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        if call.when == "call":
-            rss = current_rss()
-            before = item.stash.get(RSS_KEY, rss)
-            report.stressguard_trend = [rss, rss - before, self.worker]  # type: ignore[attr-defined]
+        if call.when == "call" and RSS_KEY in item.stash:
+            rss, delta = item.stash[RSS_KEY]
+            report.stressguard_trend = [rss, delta, self.worker]  # type: ignore[attr-defined]
         records = item.stash.get(RECORDS_KEY, [])
         verdicts = item.stash.get(VERDICTS_KEY, [])
         # Records are reported with the phase that produced them (call, or the teardown of a
@@ -196,6 +214,8 @@ class StressGuardPlugin:
             self.store.outcomes[report.nodeid] = report.outcome
         elif report.when == "teardown" and report.failed:
             self.store.outcomes[report.nodeid] = "failed"
+        if report.failed and report.nodeid not in self.store.failure_kinds:
+            self.store.failure_kinds[report.nodeid] = failure_kind(report)
         trend = getattr(report, "stressguard_trend", None)
         if trend and report.when == "call":
             rss_after, delta, worker = trend
@@ -254,10 +274,21 @@ class XdistHooks:
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
+        self.run_id: str | None = None
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The embedded PostgreSQL goes when its last worker leaves; a worker that was killed
+        cannot leave, so the controller sweeps the run's server once every worker is down."""
+        if self.run_id is not None and not is_worker(session.config):
+            from pytest_stressguard.core import pgembed
+
+            pgembed.cleanup_run(self.run_id)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        workerid = str(node.workerinput["workerid"]) if hasattr(node, "workerinput") else "?"
+        workerinput = getattr(node, "workerinput", {})
+        workerid = str(workerinput.get("workerid", "?"))
+        self.run_id = workerinput.get("testrunuid", self.run_id)
         data = getattr(node, "workeroutput", {}).get("stressguard")
         if data is None:
             self.store.lost_workers.append(workerid)

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from pytest_stressguard import bodies
+from pytest_stressguard.core import race
 from pytest_stressguard.core import stress as stress_core
 from pytest_stressguard.core.engine import Engine, LoadInterrupted, LoadResult, LoadSpec, Stage
+from pytest_stressguard.core.race import ConcurrentSpec, run_concurrent_async
 from pytest_stressguard.core.thresholds import Threshold, evaluate, parse_threshold
-from pytest_stressguard.markers import LoadMark, StressMark
+from pytest_stressguard.markers import ConcurrentMark, LoadMark, StressMark
 from pytest_stressguard.settings import Settings
 from pytest_stressguard.verdict import Verdict
 
@@ -78,9 +80,18 @@ def to_load_spec(mark: LoadMark) -> LoadSpec:
 
 def run_spec(item: pytest.Function, spec: LoadSpec, progress: ProgressSink | None) -> LoadResult:
     engine = Engine(progress=progress)
-    if bodies.is_async(item):
+    if not bodies.is_async(item):
+        return engine.run_sync(bodies.sync_body(item), spec)
+    try:
         return bodies.run_coroutine(item, engine.run_async(bodies.async_body(item), spec))
-    return engine.run_sync(bodies.sync_body(item), spec)
+    except LoadInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        # asyncio turns Ctrl-C into a cancellation of the run; the engine keeps what it measured.
+        if engine.last_result is None:
+            raise
+        engine.last_result.interrupted = True
+        raise LoadInterrupted(engine.last_result) from exc
 
 
 def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
@@ -162,4 +173,20 @@ def run_stress(item: pytest.Function, mark: StressMark, settings: Settings,
     record["thresholds"] = verdict.to_list()
     if result.interrupted:
         raise Interrupted(record, verdict)
+    return record, verdict
+
+
+def run_concurrent(item: pytest.Function, mark: ConcurrentMark, settings: Settings,
+                   progress: ProgressSink | None) -> tuple[dict[str, Any], Verdict]:
+    spec = ConcurrentSpec(workers=mark.workers, rounds=mark.rounds, amplify=mark.amplify,
+                          timeout=mark.timeout, roots=(str(item.config.rootpath),))
+    if bodies.is_async(item):
+        result = bodies.run_coroutine(item, run_concurrent_async(bodies.async_body(item), spec))
+    else:
+        result = race.run_concurrent(bodies.sync_body(item), spec)
+    problems = () if result.ok else (result.headline(),)
+    verdict = Verdict("concurrent", (), problems, notes=tuple(f"WARNING {w}" for w in result.warnings),
+                      detail="" if result.ok else result.summary())
+    record = {"kind": "concurrent", "duration_s": result.duration_s,
+              "concurrent": result.to_dict(), "thresholds": [], "problems": list(problems)}
     return record, verdict

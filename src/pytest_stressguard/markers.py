@@ -219,7 +219,7 @@ def load(
     cap = None if max_users is None else _positive_int("max_users", max_users)
     if cap is not None and rate_value is None and not (stage_specs and stage_specs[0].kind == "rate"):
         raise MarkerError("max_users= only applies to the open model (rate= or rate stages)")
-    return LoadMark(
+    mark = LoadMark(
         users=users,
         duration=dur,
         iterations=iters,
@@ -231,6 +231,18 @@ def load(
         warmup=_duration("warmup", warmup),
         sla=_thresholds("sla", sla),
     )
+    _check_engine_spec(mark)
+    return mark
+
+
+def _check_engine_spec(mark: LoadMark) -> None:
+    """The engine's own rules (e.g. think_time has no meaning with rate=), checked now."""
+    from pytest_stressguard.kinds import to_load_spec
+
+    try:
+        to_load_spec(mark)
+    except ValueError as exc:
+        raise MarkerError(str(exc).removeprefix("invalid load spec: ")) from None
 
 
 def stress(
@@ -271,6 +283,8 @@ def stress(
         cap = None
     if top < start:
         raise MarkerError(f"the maximum ({top:g}) is below the start ({start:g})")
+    if kind == "rate" and think_time not in ("0s", 0, 0.0):
+        raise MarkerError("think_time= has no meaning with rate steps: the rate sets the pace")
     thresholds = _thresholds("sla", sla)
     expected: float | None = None
     if expect_capacity is not None:

@@ -8,26 +8,9 @@ workers through `workeroutput` at the end.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-# pytest-repeat appends "-N-M" to the parametrize id: test_x[3-100] or test_x[param-3-100].
-_REPEAT_ID = re.compile(r"^(?P<base>.*?)\[(?:(?P<params>.*)-)?(?P<i>\d+)-(?P<n>\d+)\]$")
-
-
-def split_repetition(nodeid: str, count: int) -> tuple[str, int | None]:
-    """'t.py::test_x[3-100]' -> ('t.py::test_x', 3) when pytest-repeat runs with --count=100;
-    keeps other params: 't.py::test_x[a-3-100]' -> ('t.py::test_x[a]', 3). Without --count an id
-    such as '[1-1000]' is an ordinary parameter, not a repetition."""
-    m = _REPEAT_ID.match(nodeid)
-    if not m or count < 2 or int(m.group("n")) != count:
-        return nodeid, None
-    base = m.group("base")
-    if m.group("params"):
-        base = f"{base}[{m.group('params')}]"
-    return base, int(m.group("i"))
 
 
 @dataclass
@@ -66,6 +49,7 @@ class SessionStore:
     trends: list[TrendPoint] = field(default_factory=list)
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
+    failure_kinds: dict[str, str] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
     repeat_count: int = 1  # pytest-repeat's --count (1 when absent)
 
@@ -75,6 +59,7 @@ class SessionStore:
     def owner_of_pool(self, record: dict[str, Any]) -> dict[str, Any] | None:
         if record.get("kind") != "pool":
             return None
+        other: dict[str, Any]
         for other in reversed(self.records):
             if other.get("nodeid") == record.get("nodeid") and other.get("kind") != "pool":
                 return other

@@ -22,6 +22,7 @@ class Verdict:
     results: tuple[ThresholdResult, ...] = ()
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    detail: str = ""  # a longer explanation (tracebacks) shown under the failures
 
     @property
     def ok(self) -> bool:
@@ -41,7 +42,10 @@ class Verdict:
         # The first line is what `-r` short summaries show: make it the reason itself.
         failures = self.failures()
         head = f"{self.kind} gates failed: {'; '.join(failures)}"
-        return "\n".join([head, f"  test: {nodeid}", *(f"  {line}" for line in failures)])
+        lines = [head, f"  test: {nodeid}", *(f"  {line}" for line in failures)]
+        if self.detail:
+            lines += ["", self.detail]
+        return "\n".join(lines)
 
     def to_list(self) -> list[dict[str, Any]]:
         return [{**r.to_dict(), "describe": r.describe()} for r in self.results]

@@ -42,10 +42,12 @@ Design notes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import json as _json
 import os
+import socket
 import ssl as _ssl
 import sys
 import time
@@ -807,6 +809,26 @@ class HttpClient:
                     c.transport.abort()
         if conns:
             await asyncio.sleep(0)  # let connection_lost run before the loop may close
+        self._pools.clear()
+        self._simple.clear()
+
+    def abort_now(self) -> None:
+        """Close every connection without an event loop (its loop is already closed): the TCP
+        connections are shut down now, so the server sees them go; the file descriptors follow
+        when the transports are collected."""
+        self._closed = True
+        for pool in self._pools.values():
+            for c in pool.conns:
+                t = c.transport
+                if t is None or c.closed:
+                    continue
+                try:
+                    t.abort()
+                except RuntimeError:  # "Event loop is closed": shut the socket down directly
+                    sock = t.get_extra_info("socket")
+                    if sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
         self._pools.clear()
         self._simple.clear()
 

@@ -77,6 +77,7 @@ METRICS: Final[Mapping[str, Dimension]] = MappingProxyType(
         "pool_timeouts": "number",
         "pool_errors": "number",
         "leaked_connections": "number",
+        "dirty_returns": "number",
         "deadlocks": "number",
         "serialization_failures": "number",
         "test_duration_p95": "time",

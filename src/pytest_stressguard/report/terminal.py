@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pytest_stressguard.core.trends import sparkline
 from pytest_stressguard.core.units import (
     format_duration,
     format_rate,
     format_ratio,
     format_size,
 )
-from pytest_stressguard.core.trends import sparkline
+from pytest_stressguard.report.trends_view import repetition_of, trend_rows
 from pytest_stressguard.session import SessionOutcome
 from pytest_stressguard.settings import Settings
-from pytest_stressguard.report.trends_view import trend_rows
 from pytest_stressguard.store import SessionStore
+
 
 def ms(value: float | None) -> str:
     if value is None:
@@ -52,7 +53,7 @@ def verdict_text(record: dict[str, Any]) -> str:
         more = len(failed) + len(problems) - 1
         return first + (f" (+{more} more)" if more > 0 else "")
     if record.get("outcome") == "failed":
-        return "FAIL (test failed)"
+        return f"FAIL ({record.get('failure_kind') or 'test failed'})"
     return "ok"
 
 
@@ -146,24 +147,32 @@ def pool_lines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def repeated_lines(store: SessionStore) -> list[str]:
-    rows = [["repeated", "runs", "pass", "first fail", "memory trend", "duration trend", ""]]
+    rows = [["repeated", "runs", "pass", "first fail", "memory trend", "duration trend", "",
+             "failure kinds"]]
     for row in trend_rows(store):
-        per_run = row["memory_per_run_bytes"]
-        mem = f"{'+' if per_run >= 0 else '-'}{format_size(abs(per_run))}/run"
-        mem += " " + spark([float(v) for v in row["rss_after"]])
-        dur = f"{row['duration_change'] * 100:+.0f}%" if row["duration_drifts"] else "flat"
-        dur += " " + spark(row["durations_s"])
-        flag = "LEAK?" if row["memory_grows"] else ("SLOWER?" if row["duration_drifts"] else "")
+        mem = dur = flag = ""
+        if "memory_per_run_bytes" in row:
+            per_run = row["memory_per_run_bytes"]
+            mem = f"{'+' if per_run >= 0 else '-'}{format_size(abs(per_run))}/run "
+            mem += spark([float(v) for v in row["rss_after"]])
+            dur = f"{row['duration_change'] * 100:+.0f}%" if row["duration_drifts"] else "flat"
+            dur += " " + spark(row["durations_s"])
+            flag = "LEAK?" if row["memory_grows"] else ("SLOWER?" if row["duration_drifts"] else "")
+        kinds = sorted(row["failure_kinds"].items(), key=lambda kv: -kv[1])
         first = row["first_failure"]
+        rate = row["pass_rate"]
         rows.append([short(row["test"]), str(row["runs"]),
-                     f"{row['passed'] / row['runs'] * 100:.0f}%",
-                     "-" if first is None else f"#{first}", mem, dur, flag])
+                     "-" if rate is None else f"{rate * 100:.0f}%",
+                     "-" if first is None else f"#{first}", mem, dur, flag,
+                     "; ".join(f"{k} x{n}" for k, n in kinds[:2])])
     return table(rows, {1, 2}) if len(rows) > 1 else []
 
 
 def write_summary(tr: Any, store: SessionStore, outcome: SessionOutcome | None,
                   settings: Settings) -> None:
-    records = [r for r in store.records if r.get("kind")]
+    # Repetitions (pytest-repeat) are summarised once, in the "repeated" table.
+    records = [{**r, "failure_kind": store.failure_kinds.get(r["nodeid"])} for r in store.records
+               if r.get("kind") and repetition_of(r["nodeid"], store.repeat_count) is None]
     lines: list[str] = []
     for kind, fn in (("load", load_lines), ("stress", stress_lines), ("soak", soak_lines),
                      ("concurrent", concurrent_lines), ("pool", pool_lines)):
