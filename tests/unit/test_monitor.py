@@ -194,6 +194,23 @@ def test_peak_between_samples_is_caught_by_the_kernel_high_water_mark() -> None:
     assert mon.peak_rss >= base + spike * 0.9  # the peak did not
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux fast path")
+def test_fast_path_agrees_with_psutil() -> None:
+    from pytest_stressguard.core.monitor import _count_fds, _read_stat
+
+    got = _read_stat(os.getpid())
+    assert got is not None
+    rss, cpu, threads, _start, zombie = got
+    proc = psutil.Process()
+    assert abs(rss - proc.memory_info().rss) < 2_000_000
+    times = proc.cpu_times()
+    assert abs(cpu - (times.user + times.system)) < 0.1
+    assert threads == proc.num_threads()
+    assert not zombie
+    fds = _count_fds(os.getpid())
+    assert fds is not None and abs(fds - proc.num_fds()) <= 1
+
+
 def test_check_and_metrics() -> None:
     with ResourceMonitor(interval=0.02) as mon:
         end = time.monotonic() + 0.3
