@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
-import racy_samples as rs
+from tests.unit import racy_samples as rs
 
 from pytest_stressguard.core import race
 from pytest_stressguard.core.race import (

@@ -685,8 +685,8 @@ class _Buf:
 class _Second:
     __slots__ = ("dropped", "errors", "hist", "iterations", "p95_ms", "users")
 
-    def __init__(self) -> None:
-        self.hist: LatencyHistogram | None = LatencyHistogram()
+    def __init__(self, hist: LatencyHistogram) -> None:
+        self.hist: LatencyHistogram | None = hist
         self.iterations = 0
         self.errors = 0
         self.dropped = 0
@@ -723,9 +723,10 @@ class _Collector:
     def _second(self, sec: int) -> _Second:
         s = self.seconds.get(sec)
         if s is None:
-            s = self.seconds[sec] = _Second()
-            if self._pool:
-                s.hist = self._pool.pop()
+            # Reuse released histograms: an HdrHistogram (~180 KB) sits in a reference cycle,
+            # so one made and dropped every second is freed only by the cyclic collector,
+            # which may not run for minutes: the generator's own RSS then grows like a leak.
+            s = self.seconds[sec] = _Second(self._pool.pop() if self._pool else LatencyHistogram())
         return s
 
     def pull(self, now_sec: int | None, users: int) -> None:
