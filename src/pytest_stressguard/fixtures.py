@@ -16,6 +16,7 @@ from pytest_stressguard.core.dbprobe import PoolProbe
 from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.files import UploadFileFactory
 from pytest_stressguard.core.http import HttpClient, Response
+from pytest_stressguard.core.monitor import ResourceMonitor
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
 from pytest_stressguard.markers import MarkerError
 from pytest_stressguard.markers import load as load_marker
@@ -255,3 +256,39 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
             notes += (f"dirty returns: {report.dirty}",)
         verdict = Verdict("pool", (), tuple(f"leaked connection: {p}" for p in problems), notes)
         _keep(request.node, {"kind": "pool", "pool": report.to_dict()}, verdict)
+
+
+# -- resources --------------------------------------------------------------------------------
+
+
+class MonitorFixture(ResourceMonitor):
+    """resource_monitor: the core sampler, with pytest verdicts and the figures in the report."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(interval=0.1)
+        self.name = name
+
+    def check(self, exprs: Iterable[str] | str, pid: int | None = None,
+              warmup: float = 0.0) -> list[ThresholdResult]:
+        """Evaluate thresholds now (`peak_rss<2GB`, `leak<10MB/h`, `cpu<80%`) on this process or
+        a watched pid; a violation fails the test with every value."""
+        try:
+            results = super().check(exprs, pid, warmup)
+        except ThresholdError as exc:
+            raise pytest.UsageError(f"resource_monitor.check: {exc}") from None
+        verdict = Verdict("resources", tuple(results))
+        if not verdict.ok:
+            pytest.fail(verdict.long_repr(self.name) + "\n\n" + verdict.section(), pytrace=False)
+        return results
+
+
+@pytest.fixture
+def resource_monitor(request: pytest.FixtureRequest) -> Iterator[MonitorFixture]:
+    """Samples RSS/USS, CPU, threads, fds and children of this process (and `watch(pid)`) in a
+    background thread: `peak_rss`, `series()`, `leak_rate()`, `check([...])`."""
+    monitor = MonitorFixture(request.node.nodeid)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.stop()

@@ -32,6 +32,7 @@ RUNNERS: dict[str, Runner] = {
     "load": kinds.run_load,
     "stress": kinds.run_stress,
     "concurrent": kinds.run_concurrent,
+    "soak": kinds.run_soak,
 }
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -123,6 +124,10 @@ class StressGuardPlugin:
                 continue
             if bound is not None:
                 item.stash[MARK_KEY] = bound
+                watch = getattr(bound[1], "watch", None)
+                fixturenames = getattr(item, "fixturenames", None)
+                if watch and fixturenames is not None and watch not in fixturenames:
+                    fixturenames.append(watch)  # set up like any requested fixture
         if errors:
             raise pytest.UsageError("\n".join(errors))
 

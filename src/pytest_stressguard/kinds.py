@@ -14,11 +14,14 @@ import pytest
 
 from pytest_stressguard import bodies
 from pytest_stressguard.core import race
+from pytest_stressguard.core import soak as soak_core
 from pytest_stressguard.core import stress as stress_core
 from pytest_stressguard.core.engine import Engine, LoadInterrupted, LoadResult, LoadSpec, Stage
+from pytest_stressguard.core.monitor import ResourceMonitor
 from pytest_stressguard.core.race import ConcurrentSpec, run_concurrent_async
+from pytest_stressguard.core.soak import SoakSpec
 from pytest_stressguard.core.thresholds import Threshold, evaluate, parse_threshold
-from pytest_stressguard.markers import ConcurrentMark, LoadMark, StressMark
+from pytest_stressguard.markers import ConcurrentMark, LoadMark, SoakMark, StressMark
 from pytest_stressguard.settings import Settings
 from pytest_stressguard.verdict import Verdict
 
@@ -190,3 +193,67 @@ def run_concurrent(item: pytest.Function, mark: ConcurrentMark, settings: Settin
     record = {"kind": "concurrent", "duration_s": result.duration_s,
               "concurrent": result.to_dict(), "thresholds": [], "problems": list(problems)}
     return record, verdict
+
+
+def _watch_target(item: pytest.Function, mark: SoakMark) -> dict[str, object]:
+    if mark.watch is None:
+        return {}
+    value = item.funcargs.get(mark.watch)
+    if value is None:
+        raise pytest.UsageError(f"{item.nodeid}: @soak(watch={mark.watch!r}): the fixture gave None; "
+                                f"it must give a pid, a psutil.Process or an object with .pid")
+    return {mark.watch: value}
+
+
+def run_soak(item: pytest.Function, mark: SoakMark, settings: Settings,
+             progress: ProgressSink | None) -> tuple[dict[str, Any], Verdict]:
+    mark = mark.scaled(settings.time_scale)
+    sla = tuple(t.expr for t in mark.sla)
+    spec = SoakSpec(duration=mark.duration, users=mark.users, think_time=mark.think_time,
+                    warmup=mark.warmup, leak_limit=mark.leak, drift_limit=mark.drift,
+                    sample_interval=mark.sample_interval, sla=sla)
+    watch = _watch_target(item, mark)
+    monitor = ResourceMonitor(interval=mark.sample_interval)
+    engine = Engine(progress=progress)
+    try:
+        if bodies.is_async(item):
+            result = bodies.run_coroutine(item, soak_core.run_soak_async(
+                bodies.async_body(item), spec, watch=watch, monitor=monitor, engine=engine))
+        else:
+            result = soak_core.run_soak(bodies.sync_body(item), spec, watch=watch,
+                                        monitor=monitor, engine=engine)
+    except KeyboardInterrupt as exc:
+        partial = exc.result if isinstance(exc, LoadInterrupted) else engine.last_result
+        raise Interrupted(_interrupted_soak(partial, monitor, mark), Verdict("soak")) from None
+    finally:
+        monitor.stop()
+    problems = ()
+    notes = tuple(f"WARNING {w}" for w in result.warnings)
+    if result.alloc_sites:
+        notes += ("top allocation sites still holding memory:",
+                  *(f"  {site.describe()}" for site in result.alloc_sites))
+    elif result.alloc_note:
+        notes += (result.alloc_note,)
+    verdict = Verdict("soak", tuple(result.thresholds), problems, notes=notes,
+                      detail="" if result.ok else result.describe())
+    record: dict[str, Any] = {"kind": "soak"}
+    if result.load is not None:
+        record.update(load_entry(result.load))
+    record["duration_s"] = result.duration_s
+    record["soak"] = result.to_dict()
+    record["thresholds"] = verdict.to_list()
+    return record, verdict
+
+
+def _interrupted_soak(partial: LoadResult | None, monitor: ResourceMonitor,
+                      mark: SoakMark) -> dict[str, Any]:
+    """What a Ctrl-C leaves: the iterations so far and the memory samples so far."""
+    record: dict[str, Any] = {"kind": "soak"}
+    if partial is not None:
+        record.update(load_entry(partial))
+    leak = monitor.leak_rate(warmup=mark.warmup)
+    record["soak"] = {"leak_bytes_per_h": leak.bytes_per_h, "leak": leak.to_dict(),
+                      "leak_bound_bytes_per_h": leak.bound, "peak_rss": monitor.peak_rss,
+                      "memory": [[t, rss] for t, rss in monitor.rss_points()[-500:]],
+                      "interrupted": True}
+    return record
