@@ -291,3 +291,74 @@ def test_spec_validation(kwargs: dict[str, float], match: str) -> None:
 def test_bad_sla_fails_before_the_soak() -> None:
     with pytest.raises(ThresholdError):
         SoakSpec(duration=1, sla=("p95<5xx",))
+
+
+# --------------------------------------------------------------------------- allocation sites
+def test_alloc_tracker_names_sites_and_ignores_collected_cycles(tmp_path: Path) -> None:
+    from pytest_stressguard.core.allocs import AllocationTracker
+
+    keep: list[bytes] = []
+
+    def holds_memory() -> None:
+        keep.append(b"k" * 50_000)
+
+    def makes_garbage_cycles() -> None:
+        node: dict[str, object] = {"payload": bytearray(50_000)}
+        node["self"] = node
+
+    with AllocationTracker(tmp_path) as tracker:
+        for _ in range(40):
+            holds_memory()
+            makes_garbage_cycles()
+    assert tracker.available and tracker.note is None
+    names = [s.function for s in tracker.top_sites(10)]
+    assert names[0] == "holds_memory"
+    assert "makes_garbage_cycles" not in names  # collected before the window closed
+    top = tracker.top_sites(1)[0]
+    assert top.size_bytes >= 40 * 50_000 and top.count >= 40
+    assert "holds_memory" in top.describe()
+    assert type(top).from_dict(top.to_dict()) == top
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_alloc_tracker_degrades_when_memray_is_busy(tmp_path: Path) -> None:
+    memray = pytest.importorskip("memray")
+    from pytest_stressguard.core.allocs import AllocationTracker
+
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    busy = memray.Tracker(str(outer / "capture.bin"))  # e.g. pytest-memray is active
+    with busy, AllocationTracker(tmp_path) as tracker:
+        data = [bytes(1000) for _ in range(10)]
+    assert data
+    assert not tracker.available
+    assert tracker.note is not None and "memray could not start" in tracker.note
+    assert tracker.top_sites() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["outer"]  # nothing of ours left behind
+
+
+def test_alloc_tracker_cleans_up_and_propagates_errors(tmp_path: Path) -> None:
+    from pytest_stressguard.core.allocs import AllocationTracker
+
+    with pytest.raises(KeyError, match="boom"), AllocationTracker(tmp_path):
+        raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_aggregate_sites_groups_by_innermost_user_frame() -> None:
+    from pytest_stressguard.core import allocs
+
+    runner = allocs.__file__
+    records = [
+        ([("f", "/app/a.py", 3), ("g", "/app/b.py", 9)], 1000, 2),
+        ([("f", "/app/a.py", 3), ("h", "/app/c.py", 1)], 3000, 1),
+        ([("run", runner, 10)], 50, 1),  # only runner frames
+        ([("x", "/app/x.py", 7)], 2000, 5),
+    ]
+    sites = allocs.aggregate_sites(records)
+    assert [(s.function, s.location, s.size_bytes, s.count) for s in sites] == [
+        ("f", "/app/a.py:3", 4000, 3),
+        ("x", "/app/x.py:7", 2000, 5),
+        ("<native or runner>", "?", 50, 1),
+    ]
+    assert sites[0].stack == ("h (/app/c.py:1)",)  # context of the biggest contributor
