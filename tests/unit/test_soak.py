@@ -36,7 +36,9 @@ def leak_100k() -> Callable[[], None]:
     keep: list[bytes] = []
 
     def leaking_100k_body() -> None:
-        keep.append(bytes(100_000))
+        # filled, not bytes(100_000): calloc'd zero pages are never touched, so they would
+        # not be resident and RSS would see only a fraction of the leak (memray sees it all)
+        keep.append(b"L" * 100_000)
 
     return leaking_100k_body
 

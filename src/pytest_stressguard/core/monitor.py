@@ -6,6 +6,9 @@ What is measured and why
   is what the leak and ``peak_rss`` gates use. It includes allocator behaviour (pymalloc arenas,
   glibc free lists kept for reuse): freed memory does not always go back to the OS. That is why
   leaks are judged by a robust *persistent* slope (:mod:`.trends`), not by "RSS went up".
+  Conversely, memory allocated but never written (large zero-filled ``calloc`` blocks, e.g.
+  ``bytes(100_000)``) is not resident and does not show in RSS until it is touched; memray
+  (:mod:`.allocs`) sees it.
 * **USS** (memory unique to the process) is optional and slow (it reads ``/proc/pid/smaps``), so
   it is sampled only every ``uss_interval`` seconds (or on request with :meth:`sample_uss`).
 * **No ``gc.collect()`` at sampling points.** Forcing a collection from the sampler thread would
