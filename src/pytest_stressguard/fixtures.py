@@ -1,100 +1,23 @@
-"""Fixtures: thin adapters from pytest to the core objects."""
+"""Fixtures: thin, and cheap until used (their objects live in adapters.py, imported lazily)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_stressguard import kinds
-from pytest_stressguard.core.dbprobe import PoolProbe
-from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
-from pytest_stressguard.core.files import UploadFileFactory
-from pytest_stressguard.core.http import HttpClient, Response
-from pytest_stressguard.core.monitor import ResourceMonitor
-from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
-from pytest_stressguard.markers import MarkerError
-from pytest_stressguard.markers import load as load_marker
-from pytest_stressguard.verdict import Verdict
-
-
-def _settings(config: pytest.Config) -> Any:
-    from pytest_stressguard.hooks import SETTINGS_KEY
-
-    return config.stash[SETTINGS_KEY]
-
-
-def _keep(item: pytest.Item, record: dict[str, Any], verdict: Verdict | None) -> None:
-    from pytest_stressguard.hooks import RECORDS_KEY, VERDICTS_KEY
-
-    item.stash.setdefault(RECORDS_KEY, []).append(record)
-    if verdict is not None:
-        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
-
-
-class LoadRunner:
-    """The engine behind @load, for explicit use inside a test."""
-
-    def __init__(self, item: pytest.Item) -> None:
-        self._item = item
-        self._settings = _settings(item.config)
-        self.results: list[LoadResult] = []
-
-    def _spec(self, **kwargs: Any) -> LoadSpec:
-        try:
-            mark = load_marker(**kwargs)
-        except (MarkerError, TypeError) as exc:
-            raise pytest.UsageError(f"load_runner.run: {exc}") from None
-        return kinds.to_load_spec(mark.scaled(self._settings.time_scale))
-
-    def run(self, fn: Callable[[], object] | Callable[[], Awaitable[object]], *,
-            users: int = 1, **kwargs: Any) -> LoadResult:
-        """Run `fn` under load (sync: threads; async: tasks on a loop of our own) and record the
-        result under this test. Arguments as @pytest.mark.load."""
-        spec = self._spec(users=users, **kwargs)
-        engine = Engine()
-        if inspect.iscoroutinefunction(fn):
-            import asyncio
-
-            result = asyncio.run(engine.run_async(fn, spec))
-        else:
-            result = engine.run_sync(fn, spec)
-        self.results.append(result)
-        _keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **kinds.load_entry(result), "thresholds": []}, None)
-        return result
-
-    async def run_async(self, fn: Callable[[], Awaitable[object]], *, users: int = 1,
-                        **kwargs: Any) -> LoadResult:
-        """Like run(), from inside an async test: users are tasks on the running loop."""
-        spec = self._spec(users=users, **kwargs)
-        result = await Engine().run_async(fn, spec)
-        self.results.append(result)
-        _keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **kinds.load_entry(result), "thresholds": []}, None)
-        return result
-
-    def check(self, result: LoadResult, sla: Sequence[str]) -> list[ThresholdResult]:
-        """Evaluate thresholds; fail the test with every threshold, its value and verdict."""
-        try:
-            thresholds = parse_thresholds(sla)
-        except ThresholdError as exc:
-            raise pytest.UsageError(f"load_runner.check: {exc}") from None
-        verdict = kinds.load_verdict(result, thresholds)
-        if not verdict.ok:
-            pytest.fail(verdict.long_repr(self._item.nodeid) + "\n\n" + verdict.section(),
-                        pytrace=False)
-        return list(verdict.results)
+if TYPE_CHECKING:
+    from pytest_stressguard.adapters import LoadRunner, LoopHttp, MonitorFixture, ProbeFixture
+    from pytest_stressguard.core.files import UploadFileFactory
 
 
 @pytest.fixture
 def load_runner(request: pytest.FixtureRequest) -> LoadRunner:
     """Run a callable under load: `load_runner.run(fn, users=.., duration=..)`."""
+    from pytest_stressguard.adapters import LoadRunner
+
     return LoadRunner(request.node)
 
 
@@ -102,7 +25,7 @@ def load_runner(request: pytest.FixtureRequest) -> LoadRunner:
 def upload_file_factory() -> Iterator[UploadFileFactory]:
     """`upload_file_factory("100MB", content="random"|"zeros", seed=0, name=None)` -> a file with
     `.path .size .sha256 .chunks() .stream()`; cached per session, removed at the end."""
-    from pytest_stressguard.core.files import remove_stale_directories
+    from pytest_stressguard.core.files import UploadFileFactory, remove_stale_directories
 
     remove_stale_directories()  # what a killed session (SIGKILL) could not remove
     factory = UploadFileFactory()
@@ -112,64 +35,11 @@ def upload_file_factory() -> Iterator[UploadFileFactory]:
         factory.cleanup()
 
 
-class LoopHttp:
-    """One HttpClient per event loop, behind one fixture value.
-
-    A stress search may run each step on a fresh loop, and a loop may be closed right after the
-    test; connections belong to the loop that opened them, so each loop gets its own client and
-    the run closes it on that same loop (see bodies.run_coroutine)."""
-
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._clients: dict[asyncio.AbstractEventLoop, HttpClient] = {}
-
-    def client(self) -> HttpClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = HttpClient(**self._options)
-        return client
-
-    async def request(self, method: str, url: str, **kw: Any) -> Response:
-        return await self.client().request(method, url, **kw)
-
-    async def get(self, url: str, **kw: Any) -> Response:
-        return await self.client().get(url, **kw)
-
-    async def head(self, url: str, **kw: Any) -> Response:
-        return await self.client().head(url, **kw)
-
-    async def post(self, url: str, **kw: Any) -> Response:
-        return await self.client().post(url, **kw)
-
-    async def put(self, url: str, **kw: Any) -> Response:
-        return await self.client().put(url, **kw)
-
-    async def patch(self, url: str, **kw: Any) -> Response:
-        return await self.client().patch(url, **kw)
-
-    async def delete(self, url: str, **kw: Any) -> Response:
-        return await self.client().delete(url, **kw)
-
-    async def aclose(self) -> None:
-        """Close this loop's connections (the client is made anew if used again)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
-
-    def close(self) -> None:
-        for loop, client in list(self._clients.items()):
-            if not loop.is_closed() and not loop.is_running():
-                loop.run_until_complete(client.aclose())
-            else:  # the loop is gone: drop the sockets now rather than at garbage collection
-                client.abort_now()
-        self._clients.clear()
-
-
 @pytest.fixture
 def stressguard_http(request: pytest.FixtureRequest) -> Iterator[LoopHttp]:
     """A fast async HTTP/1.1 client for load bodies, recording per-endpoint stats by `name`:
     `await stressguard_http.get(url, name="GET /items")`; post/put/patch/delete alike."""
+    from pytest_stressguard.adapters import LoopHttp
     from pytest_stressguard.bodies import CLOSERS_KEY
 
     http = LoopHttp()
@@ -178,24 +48,14 @@ def stressguard_http(request: pytest.FixtureRequest) -> Iterator[LoopHttp]:
     http.close()
 
 
-# -- database -------------------------------------------------------------------------------
-
-
-def _run_id(config: pytest.Config) -> str:
-    """xdist workers of one run share the testrunuid, so they share one embedded server."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput and workerinput.get("testrunuid"):
-        return str(workerinput["testrunuid"])
-    return f"solo-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="session")
 def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     """The PostgreSQL DSN: --stressguard-dsn, env STRESSGUARD_DSN, DATABASE_URL, else an embedded
     throw-away server started once per run (shared by xdist workers) and stopped at the end."""
+    from pytest_stressguard.adapters import run_id, settings_of
     from pytest_stressguard.core import pgembed
 
-    settings = _settings(request.config)
+    settings = settings_of(request.config)
     dsn = pgembed.resolve_dsn(settings.dsn, os.environ)
     if dsn is not None:
         try:  # a wrong DSN fails here, once, with the reason, not in every test
@@ -206,7 +66,7 @@ def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
         yield dsn
         return
     try:
-        lease = pgembed.acquire_embedded(_run_id(request.config))
+        lease = pgembed.acquire_embedded(run_id(request.config))
     except pgembed.EmbeddedPostgresError as exc:
         pytest.fail(f"stressguard_dsn: the embedded PostgreSQL did not start: {exc}",
                     pytrace=False)
@@ -216,35 +76,14 @@ def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
         lease.release()
 
 
-class ProbeFixture(PoolProbe):
-    """db_pool_probe: the core probe, with the session DSN by default and pytest verdicts."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        super().__init__(request.node.nodeid)
-        self._request = request
-
-    def pool(self, dsn: str | None = None, **kwargs: Any) -> Any:
-        if dsn is None and self.dsn is None:
-            self.dsn = str(self._request.getfixturevalue("stressguard_dsn"))
-        return super().pool(dsn, **kwargs)
-
-    def check(self, exprs: Iterable[str] | str) -> list[ThresholdResult]:
-        """Evaluate pool thresholds now; a violation fails the test with every value."""
-        try:
-            results = super().check(exprs)
-        except ThresholdError as exc:
-            raise pytest.UsageError(f"db_pool_probe.check: {exc}") from None
-        verdict = Verdict("pool", tuple(results))
-        if not verdict.ok:
-            pytest.fail(verdict.long_repr(self.name) + "\n\n" + verdict.section(), pytrace=False)
-        return results
-
-
 @pytest.fixture
 def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
     """Observe psycopg pools: `pool(max_size=20)` makes an instrumented ConnectionPool on
     stressguard_dsn, `watch(pool)` instruments yours; `server()`, `metrics()`, `check([...])`.
     Connections never returned fail the test at teardown, naming where they were taken."""
+    from pytest_stressguard.adapters import ProbeFixture, keep
+    from pytest_stressguard.verdict import Verdict
+
     probe = ProbeFixture(request)
     try:
         yield probe
@@ -255,37 +94,15 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
         if report.dirty:
             notes += (f"dirty returns: {report.dirty}",)
         verdict = Verdict("pool", (), tuple(f"leaked connection: {p}" for p in problems), notes)
-        _keep(request.node, {"kind": "pool", "pool": report.to_dict()}, verdict)
-
-
-# -- resources --------------------------------------------------------------------------------
-
-
-class MonitorFixture(ResourceMonitor):
-    """resource_monitor: the core sampler, with pytest verdicts and the figures in the report."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(interval=0.1)
-        self.name = name
-
-    def check(self, exprs: Iterable[str] | str, pid: int | None = None,
-              warmup: float = 0.0) -> list[ThresholdResult]:
-        """Evaluate thresholds now (`peak_rss<2GB`, `leak<10MB/h`, `cpu<80%`) on this process or
-        a watched pid; a violation fails the test with every value."""
-        try:
-            results = super().check(exprs, pid, warmup)
-        except ThresholdError as exc:
-            raise pytest.UsageError(f"resource_monitor.check: {exc}") from None
-        verdict = Verdict("resources", tuple(results))
-        if not verdict.ok:
-            pytest.fail(verdict.long_repr(self.name) + "\n\n" + verdict.section(), pytrace=False)
-        return results
+        keep(request.node, {"kind": "pool", "pool": report.to_dict()}, verdict)
 
 
 @pytest.fixture
 def resource_monitor(request: pytest.FixtureRequest) -> Iterator[MonitorFixture]:
     """Samples RSS/USS, CPU, threads, fds and children of this process (and `watch(pid)`) in a
     background thread: `peak_rss`, `series()`, `leak_rate()`, `check([...])`."""
+    from pytest_stressguard.adapters import MonitorFixture
+
     monitor = MonitorFixture(request.node.nodeid)
     monitor.start()
     try:

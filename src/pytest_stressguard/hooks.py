@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from pytest_stressguard import kinds
 from pytest_stressguard.markers import MARKERS, MarkerError, bind_mark
 from pytest_stressguard.report.progress import ProgressPrinter
 from pytest_stressguard.session import SessionOutcome, decide_session
@@ -28,25 +27,53 @@ VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
 RSS_KEY = pytest.StashKey[tuple[int, int]]()
 
 Runner = Callable[[pytest.Function, Any, Settings, Any], tuple[dict[str, Any], Verdict]]
-RUNNERS: dict[str, Runner] = {
-    "load": kinds.run_load,
-    "stress": kinds.run_stress,
-    "concurrent": kinds.run_concurrent,
-    "soak": kinds.run_soak,
-}
+
+
+def runner_for(kind: str) -> Runner:
+    """The kinds (and the engine behind them) load on the first marked test, not at start-up."""
+    from pytest_stressguard import kinds
+
+    runners: dict[str, Runner] = {
+        "load": kinds.run_load,
+        "stress": kinds.run_stress,
+        "concurrent": kinds.run_concurrent,
+        "soak": kinds.run_soak,
+    }
+    return runners[kind]
+
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def current_rss() -> int:
-    """Resident set size of this process; /proc is ~10x cheaper than psutil on the hot path."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        import psutil
+class _Statm:
+    """RSS from /proc/self/statm through a descriptor kept open: one pread per reading (about
+    1 us) instead of open/read/close. Reopened after a fork, since /proc/self resolves at open."""
 
-        return int(psutil.Process().memory_info().rss)
+    def __init__(self) -> None:
+        self.fd = -1
+        self.pid = -1
+
+    def rss(self) -> int:
+        pid = os.getpid()
+        try:
+            if self.pid != pid:
+                self.fd = os.open("/proc/self/statm", os.O_RDONLY)
+                self.pid = pid
+            return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE
+        except OSError:  # no /proc (macOS): psutil
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            os.close(self.fd)
+        self.fd = self.pid = -1
+
+
+_STATM = _Statm()
+current_rss = _STATM.rss
 
 
 def peak_rss() -> int:
@@ -138,12 +165,14 @@ class StressGuardPlugin:
         bound = pyfuncitem.stash.get(MARK_KEY, None)
         if bound is None:
             return None  # unmarked tests pass through untouched
+        from pytest_stressguard.kinds import Interrupted
+
         kind, spec = bound
-        runner = RUNNERS[kind]
+        runner = runner_for(kind)
         sink = self.progress.sink(pyfuncitem.nodeid, kind)
         try:
             record, verdict = runner(pyfuncitem, spec, self.settings, sink)
-        except kinds.Interrupted as exc:
+        except Interrupted as exc:
             # pytest makes no report for an interrupted test: keep what was measured directly.
             self.store.add_record({**exc.record, "interrupted": True, "outcome": "interrupted",
                                    "nodeid": pyfuncitem.nodeid, "worker": self.worker,
@@ -208,31 +237,32 @@ class StressGuardPlugin:
     # -- gathering (here or from xdist workers: the same reports arrive) ----------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for record in getattr(report, "stressguard", None) or []:
+        store = self.store
+        nodeid = report.nodeid
+        for record in getattr(report, "stressguard", None) or ():
             record = {**record, "outcome": report.outcome, "when": report.when}
-            owner = self.store.owner_of_pool(record)
+            owner = store.owner_of_pool(record)
             if owner is not None:  # a load/stress/soak test's pool figures join its entry
                 owner["pool"] = record["pool"]
             else:
-                self.store.add_record(record)
-        if report.when == "call" or (report.when == "setup" and not report.passed):
-            self.store.outcomes[report.nodeid] = report.outcome
-        elif report.when == "teardown" and report.failed:
-            self.store.outcomes[report.nodeid] = "failed"
-        if report.failed and report.nodeid not in self.store.failure_kinds:
-            self.store.failure_kinds[report.nodeid] = failure_kind(report)
-        trend = getattr(report, "stressguard_trend", None)
-        if trend and report.when == "call":
-            rss_after, delta, worker = trend
-            self.store.trends.append(TrendPoint(report.nodeid, report.outcome, report.duration,
-                                                int(rss_after), int(delta), str(worker),
-                                                time.time()))
-        # Outcomes of records depend on the whole test (a failed teardown gate fails it).
-        if report.when == "teardown":
-            final = self.store.outcomes.get(report.nodeid)
-            for record in self.store.records:
-                if record.get("nodeid") == report.nodeid and final:
-                    record["outcome"] = final
+                store.add_record(record)
+        when = report.when
+        if when == "call":
+            store.outcomes[nodeid] = report.outcome
+            trend = getattr(report, "stressguard_trend", None)
+            if trend:
+                rss_after, delta, worker = trend
+                store.trends.append(TrendPoint(nodeid, report.outcome, report.duration,
+                                               int(rss_after), int(delta), str(worker),
+                                               time.time()))
+        elif report.failed:
+            store.outcomes[nodeid] = "failed"
+        if report.failed and nodeid not in store.failure_kinds:
+            store.failure_kinds[nodeid] = failure_kind(report)
+        # A failed teardown gate (a leaked connection) fails the test's entries too.
+        if when == "teardown" and report.failed:
+            for record in store.records_of(nodeid):
+                record["outcome"] = "failed"
 
     # -- the session result: decided here, printed in the terminal summary --------------------
 
@@ -247,6 +277,9 @@ class StressGuardPlugin:
                 self.config.stash[OUTCOME_KEY] = outcome
                 if outcome.failed and not session.shouldfail:
                     session.testsfailed += 1
+
+    def pytest_unconfigure(self) -> None:
+        _STATM.close()
 
     def own_process_stats(self) -> ProcessStats:
         series = [(p.finished_at - self.store.started, p.rss_after) for p in self.store.trends

@@ -52,18 +52,20 @@ class SessionStore:
     failure_kinds: dict[str, str] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
     repeat_count: int = 1  # pytest-repeat's --count (1 when absent)
+    _by_nodeid: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def add_record(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        self._by_nodeid.setdefault(str(record.get("nodeid")), []).append(record)
+
+    def records_of(self, nodeid: str) -> list[dict[str, Any]]:
+        return self._by_nodeid.get(nodeid, [])
 
     def owner_of_pool(self, record: dict[str, Any]) -> dict[str, Any] | None:
         if record.get("kind") != "pool":
             return None
-        other: dict[str, Any]
-        for other in reversed(self.records):
-            if other.get("nodeid") == record.get("nodeid") and other.get("kind") != "pool":
-                return other
-        return None
+        owners = [r for r in self.records_of(str(record.get("nodeid"))) if r.get("kind") != "pool"]
+        return owners[-1] if owners else None
 
     def by_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") == kind]
