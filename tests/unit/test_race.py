@@ -21,7 +21,6 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from tests.unit import racy_samples as rs
 
 from pytest_stressguard.core import race
 from pytest_stressguard.core.race import (
@@ -32,6 +31,7 @@ from pytest_stressguard.core.race import (
     run_concurrent,
     run_concurrent_async,
 )
+from tests.unit import racy_samples as rs
 
 HERE = str(Path(__file__).resolve().parent)
 RUNS = 50
