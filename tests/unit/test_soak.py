@@ -117,6 +117,17 @@ def test_leaks_are_caught_and_their_sites_named(make: Callable[[], Callable[[], 
     assert list(tmp_path.iterdir()) == []  # memray's capture is gone
 
 
+def test_leak_into_memory_freed_earlier_is_caught() -> None:
+    # A leaking soak with its memray window, then everything freed: the allocator keeps that
+    # memory resident for reuse, and without the soak's clean start (gc + malloc_trim) the next
+    # 5 KB/iteration leak refilled it with RSS exactly flat (seen: "+0B/h" in every run).
+    before = SoakSpec(duration=1.5, think_time=0.005, leak_limit=LIMIT, alloc_window=0.5)
+    assert not run_soak(leak_100k(), before).ok
+    result = run_soak(leak_5k(), CORPUS_SPEC, track_allocs=False)
+    assert result.leak.established, result.describe()
+    assert not leak_gate(result)
+
+
 @pytest.mark.parametrize(
     "make", [warm_cache, big_temporaries, gc_cycles, idle],
     ids=["cache-plateau", "freed-temporaries", "gc-cycles", "idle"],
