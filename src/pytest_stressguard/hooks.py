@@ -128,6 +128,7 @@ class StressGuardPlugin:
         self.store = SessionStore(repeat_count=int(getattr(config.option, "count", 1) or 1))
         self.worker = worker_id(config)
         self.progress = ProgressPrinter(config, settings.progress)
+        self.bound: dict[str, tuple[str, Any] | None] = {}  # function definition -> its mark
         config.stash[SETTINGS_KEY] = settings
         config.stash[STORE_KEY] = self.store
 
@@ -135,8 +136,9 @@ class StressGuardPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        nodeid = metafunc.definition.nodeid
         try:
-            bind_item_mark(metafunc.definition.nodeid, metafunc.definition)
+            self.bound[nodeid] = bind_item_mark(nodeid, metafunc.definition)
         except MarkerError as exc:
             pytest.fail(str(exc), pytrace=False)
 
@@ -144,17 +146,24 @@ class StressGuardPlugin:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         errors = []
         for item in items:
-            try:
-                bound = bind_item_mark(item.nodeid, item)
-            except MarkerError as exc:  # marks added per parameter, unseen by generate_tests
-                errors.append(str(exc))
+            parent = item.parent
+            name = getattr(item, "originalname", item.name)
+            bound = self.bound.get(f"{parent.nodeid}::{name}" if parent else name)
+            # Marks given per parameter (pytest.param(marks=...)) are only on the item.
+            if any(m.name in MARKERS for m in item.own_markers):
+                try:
+                    bound = bind_item_mark(item.nodeid, item)
+                except MarkerError as exc:
+                    errors.append(str(exc))
+                    continue
+            if bound is None:
                 continue
-            if bound is not None:
-                item.stash[MARK_KEY] = bound
-                watch = getattr(bound[1], "watch", None)
-                fixturenames = getattr(item, "fixturenames", None)
-                if watch and fixturenames is not None and watch not in fixturenames:
-                    fixturenames.append(watch)  # set up like any requested fixture
+            item.stash[MARK_KEY] = bound
+            watch = getattr(bound[1], "watch", None)
+            fixturenames = getattr(item, "fixturenames", None)
+            if watch and fixturenames is not None and watch not in fixturenames:
+                fixturenames.append(watch)  # set up like any requested fixture
+        self.bound.clear()
         if errors:
             raise pytest.UsageError("\n".join(errors))
 
@@ -188,26 +197,15 @@ class StressGuardPlugin:
         item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        # Read right around the call: what pytest keeps per test (reports, captured output) is
-        # made later and must not count as the test's own memory growth.
-        before = current_rss()
-        try:
-            return (yield)
-        finally:
-            after = current_rss()
-            item.stash[RSS_KEY] = (after, after - before)
-
-    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        if call.when == "call" and RSS_KEY in item.stash:
-            rss, delta = item.stash[RSS_KEY]
-            report.stressguard_trend = [rss, delta, self.worker]  # type: ignore[attr-defined]
-        records = item.stash.get(RECORDS_KEY, [])
-        verdicts = item.stash.get(VERDICTS_KEY, [])
+        stash = item.stash
+        if RECORDS_KEY not in stash and VERDICTS_KEY not in stash:
+            return report  # the common case: a test that recorded nothing
+        records = stash.get(RECORDS_KEY, [])
+        verdicts = stash.get(VERDICTS_KEY, [])
         # Records are reported with the phase that produced them (call, or the teardown of a
         # fixture such as db_pool_probe), then forgotten so none is sent twice.
         if records:
@@ -238,29 +236,32 @@ class StressGuardPlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         store = self.store
-        nodeid = report.nodeid
-        for record in getattr(report, "stressguard", None) or ():
+        records = getattr(report, "stressguard", None)
+        if records:
+            self.gather(report, records)
+        if report.when == "call":
+            store.outcomes[report.nodeid] = report.outcome
+            # Durations always (session gates); memory when the trend tracker measured it.
+            rss_after, delta, worker = getattr(report, "stressguard_trend", None) or (0, 0, "")
+            store.trends.append(TrendPoint(report.nodeid, report.outcome, report.duration,
+                                           rss_after, delta, worker, time.time()))
+        if report.failed:
+            self.failed(report)
+
+    def gather(self, report: pytest.TestReport, records: list[dict[str, Any]]) -> None:
+        for record in records:
             record = {**record, "outcome": report.outcome, "when": report.when}
-            owner = store.owner_of_pool(record)
+            owner = self.store.owner_of_pool(record)
             if owner is not None:  # a load/stress/soak test's pool figures join its entry
                 owner["pool"] = record["pool"]
             else:
-                store.add_record(record)
-        when = report.when
-        if when == "call":
-            store.outcomes[nodeid] = report.outcome
-            trend = getattr(report, "stressguard_trend", None)
-            if trend:
-                rss_after, delta, worker = trend
-                store.trends.append(TrendPoint(nodeid, report.outcome, report.duration,
-                                               int(rss_after), int(delta), str(worker),
-                                               time.time()))
-        elif report.failed:
-            store.outcomes[nodeid] = "failed"
-        if report.failed and nodeid not in store.failure_kinds:
-            store.failure_kinds[nodeid] = failure_kind(report)
-        # A failed teardown gate (a leaked connection) fails the test's entries too.
-        if when == "teardown" and report.failed:
+                self.store.add_record(record)
+
+    def failed(self, report: pytest.TestReport) -> None:
+        store, nodeid = self.store, report.nodeid
+        store.outcomes[nodeid] = "failed"
+        store.failure_kinds.setdefault(nodeid, failure_kind(report))
+        if report.when == "teardown":  # a failed teardown gate fails the test's entries too
             for record in store.records_of(nodeid):
                 record["outcome"] = "failed"
 
@@ -298,13 +299,42 @@ class StressGuardPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
                                 config: pytest.Config) -> None:
-        if config.get_verbosity() < 0 and not self.store.records \
-                and OUTCOME_KEY not in config.stash:
-            return
+        outcome = config.stash.get(OUTCOME_KEY, None)
+        store = self.store
+        if not (store.records or store.repeat_count > 1 or store.lost_workers or
+                (outcome is not None and (outcome.gates or outcome.failed or outcome.comparison))):
+            return  # nothing to say: a suite without stressguard features prints nothing
         from pytest_stressguard.report.terminal import write_summary
 
-        write_summary(terminalreporter, self.store, config.stash.get(OUTCOME_KEY, None),
-                      self.settings)
+        write_summary(terminalreporter, store, outcome, self.settings)
+
+
+class TrendTracker:
+    """Per-test memory for the trends (on by default, `--stressguard-trends off`): RSS read right
+    around the call, so what pytest keeps per test (reports, captured output), made later, does
+    not count as the test's own growth."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        before = current_rss()
+        try:
+            return (yield)
+        finally:
+            after = current_rss()
+            item.stash[RSS_KEY] = (after, after - before)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "call" and RSS_KEY in item.stash:
+            rss, delta = item.stash[RSS_KEY]
+            report.stressguard_trend = [rss, delta, self.worker]  # type: ignore[attr-defined]
+        return report
 
 
 class XdistHooks:

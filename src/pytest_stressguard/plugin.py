@@ -19,10 +19,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in MARKERS:
         config.addinivalue_line("markers", marker_help(name))
     from pytest_stressguard import fixtures
-    from pytest_stressguard.hooks import StressGuardPlugin, XdistHooks
+    from pytest_stressguard.hooks import StressGuardPlugin, TrendTracker, XdistHooks
 
     plugin = StressGuardPlugin(config, _settings.load_settings(config))
     config.pluginmanager.register(plugin, PLUGIN_NAME)
+    if plugin.settings.trends:
+        config.pluginmanager.register(TrendTracker(plugin.worker), "stressguard-trends")
     config.pluginmanager.register(fixtures, "stressguard-fixtures")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(plugin.store), "stressguard-xdist")

@@ -64,6 +64,12 @@ def _time_scale_type(text: str) -> float:
     return value
 
 
+def _on_off_type(text: str) -> str:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"--stressguard-trends: {text!r} is not one of on, off")
+    return text
+
+
 def _progress_type(text: str) -> str:
     if text not in ("auto", "on", "off"):
         raise argparse.ArgumentTypeError(
@@ -115,6 +121,8 @@ OPTIONS: tuple[_Option, ...] = (
             "else an embedded throw-away server)"),
     _Option("progress", "live progress for long tests: auto (on a TTY), on, off",
             parse=_progress_type),
+    _Option("trends", "per-test memory trends across repetitions: on (default) or off",
+            parse=_on_off_type),
     _Option("dir", "where baselines are stored (default: .stressguard in the rootdir)"),
 )
 
@@ -153,6 +161,7 @@ class Settings:
     dsn: str | None = None
     progress: Progress = "auto"
     baseline_dir: str | None = None
+    trends: bool = True
     sources: dict[str, str] = field(default_factory=dict)
 
 
@@ -219,5 +228,6 @@ def load_settings(config: pytest.Config) -> Settings:
         dsn=text("dsn"),
         progress=raw["progress"] or "auto",
         baseline_dir=text("dir"),
+        trends=raw["trends"] != "off",
         sources=sources,
     )

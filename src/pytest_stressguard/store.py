@@ -18,7 +18,7 @@ class TrendPoint:
     nodeid: str
     outcome: str
     duration_s: float
-    rss_after: int
+    rss_after: int  # 0 when memory is not tracked (--stressguard-trends off)
     rss_delta: int
     worker: str
     finished_at: float

@@ -9,7 +9,6 @@ Limits are stored in canonical units (see :mod:`pytest_stressguard.core.units`).
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -295,6 +294,8 @@ def _check_metric(
     if lower in METRICS or is_percentile(lower):
         close = [lower]
     else:
+        import difflib  # only on a typo: it costs 5 ms of every start-up otherwise
+
         close = difflib.get_close_matches(lower, candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ThresholdError(

@@ -61,7 +61,7 @@ def trend_rows(store: SessionStore) -> list[dict[str, Any]]:
             "first_failure": s.first_failure,
             "failure_kinds": dict(s.failure_kinds),
         }
-        if len(runs) > 1:
+        if len(runs) > 1 and any(p.worker for p in runs):  # memory was tracked
             trend = RepetitionTrend.from_runs([p.duration_s for p in runs],
                                               [p.rss_delta for p in runs],
                                               min_growth=max(256 * 1024, MIN_GROWTH_PER_RUN * len(runs)))
