@@ -16,7 +16,7 @@ from pytest_stressguard import bodies
 from pytest_stressguard.core import race
 from pytest_stressguard.core import soak as soak_core
 from pytest_stressguard.core import stress as stress_core
-from pytest_stressguard.core.engine import Engine, LoadInterrupted, LoadResult, LoadSpec, Stage
+from pytest_stressguard.core.engine import Engine, LoadInterrupted, LoadResult, LoadSpec
 from pytest_stressguard.core.monitor import ResourceMonitor
 from pytest_stressguard.core.race import ConcurrentSpec, run_concurrent_async
 from pytest_stressguard.core.soak import SoakSpec
@@ -75,7 +75,7 @@ def to_load_spec(mark: LoadMark) -> LoadSpec:
         ramp_up=mark.ramp_up,
         rate=mark.rate,
         max_users=mark.max_users,
-        stages=tuple(Stage(s.duration, s.target, s.kind) for s in mark.stages),  # type: ignore[arg-type]
+        stages=mark.stages,
         think_time=mark.think_time,
         warmup=mark.warmup,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_stressguard.core.thresholds import Threshold, ThresholdError, parse_threshold
 from pytest_stressguard.core.units import (
@@ -19,6 +19,9 @@ from pytest_stressguard.core.units import (
     parse_ratio,
     parse_size_rate,
 )
+
+if TYPE_CHECKING:
+    from pytest_stressguard.core.engine import Stage
 
 Duration = str | float | int
 
@@ -83,35 +86,13 @@ def _bool(name: str, value: object) -> bool:
     return value
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    duration: float
-    target: float
-    kind: str  # "users" or "rate"
+def _stages(value: object) -> tuple[Stage, ...]:
+    from pytest_stressguard.core.profiles import parse_stages  # the engine: only when used
 
-
-def _stages(value: object) -> tuple[StageSpec, ...]:
-    example = "stages=[('10s', 50), ('30s', 50), ('10s', 0)] or [('30s', '100/s')]"
-    if not isinstance(value, (list, tuple)) or not value:
-        raise MarkerError(f"stages={value!r}: must be a non-empty list, e.g. {example}")
-    out: list[StageSpec] = []
-    for i, stage in enumerate(value):
-        if not isinstance(stage, (list, tuple)) or len(stage) != 2:
-            raise MarkerError(f"stages[{i}]={stage!r}: must be a (duration, target) pair; {example}")
-        duration = _duration(f"stages[{i}] duration", stage[0])
-        target = stage[1]
-        if isinstance(target, str):
-            out.append(StageSpec(duration, _rate(f"stages[{i}] target", target), "rate"))
-        elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
-            out.append(StageSpec(duration, float(target), "users"))
-        else:
-            raise MarkerError(
-                f"stages[{i}] target={target!r}: must be a number of users (int >= 0) "
-                f"or a rate such as '100/s'"
-            )
-    if len({s.kind for s in out}) > 1:
-        raise MarkerError("stages: mix of user counts and rates; use one kind for all stages")
-    return tuple(out)
+    try:
+        return parse_stages(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise MarkerError(str(exc)) from None
 
 
 # -- specs ------------------------------------------------------------------------------------
@@ -125,7 +106,7 @@ class LoadMark:
     ramp_up: float
     rate: float | None
     max_users: int | None
-    stages: tuple[StageSpec, ...]
+    stages: tuple[Stage, ...]
     think_time: float
     warmup: float
     sla: tuple[Threshold, ...]
