@@ -219,3 +219,22 @@ def test_markers_help_lists_signatures(pytester: pytest.Pytester) -> None:
         "@pytest.mark.soak(*",
         "@pytest.mark.concurrent(*",
     ])
+
+
+def test_spike_stages_drive_the_users(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest
+        from pytest_stressguard import spike
+
+        @pytest.mark.load(stages=spike(1, 8, hold="1s", ramp="0s"))
+        def test_spike():
+            time.sleep(0.01)
+        """
+    )
+    report = pytester.path / "r.json"
+    result = pytester.runpytest(f"--stressguard-json={report}")
+    result.assert_outcomes(passed=1)
+    (test,) = json.loads(report.read_text())["tests"]
+    users = [row["users"] for row in test["timeline"]]
+    assert max(users) >= 6 and min(users) <= 2, users
