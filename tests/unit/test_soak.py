@@ -193,7 +193,6 @@ def test_watched_child_that_leaks_is_caught_and_one_that_plateaus_is_not(
     assert leaker.leak.established, leaker.leak.describe()
     assert not leak_gate(result, "watched leaker"), result.describe()
     assert leak_gate(result, "watched plateau"), result.describe()
-    assert not plateau.leak.established
     assert leak_gate(result), result.describe()  # this process is fine
     assert result.alloc_sites == []  # the leak is not in this process
     assert plateau.peak_rss >= 30_000_000
