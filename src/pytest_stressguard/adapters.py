@@ -21,6 +21,7 @@ from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
 from pytest_stressguard.core.http import HttpClient, Response
 from pytest_stressguard.core.monitor import ResourceMonitor
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
+from pytest_stressguard.hooks import keep
 from pytest_stressguard.markers import MarkerError
 from pytest_stressguard.markers import load as load_marker
 from pytest_stressguard.verdict import Verdict
@@ -30,14 +31,6 @@ def settings_of(config: pytest.Config) -> Any:
     from pytest_stressguard.hooks import SETTINGS_KEY
 
     return config.stash[SETTINGS_KEY]
-
-
-def keep(item: pytest.Item, record: dict[str, Any], verdict: Verdict | None) -> None:
-    from pytest_stressguard.hooks import RECORDS_KEY, VERDICTS_KEY
-
-    item.stash.setdefault(RECORDS_KEY, []).append(record)
-    if verdict is not None:
-        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
 
 
 class LoadRunner:

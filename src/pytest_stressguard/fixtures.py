@@ -81,7 +81,8 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
     """Observe psycopg pools: `pool(max_size=20)` makes an instrumented ConnectionPool on
     stressguard_dsn, `watch(pool)` instruments yours; `server()`, `metrics()`, `check([...])`.
     Connections never returned fail the test at teardown, naming where they were taken."""
-    from pytest_stressguard.adapters import ProbeFixture, keep
+    from pytest_stressguard.adapters import ProbeFixture
+    from pytest_stressguard.hooks import keep
     from pytest_stressguard.verdict import Verdict
 
     probe = ProbeFixture(request)

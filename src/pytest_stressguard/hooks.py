@@ -110,6 +110,13 @@ def bind_item_mark(nodeid: str, node: Any) -> tuple[str, Any] | None:
         raise MarkerError(f"{nodeid}: @pytest.mark.{name}: {exc}") from None
 
 
+def keep(item: pytest.Item, record: dict[str, Any], verdict: Verdict | None) -> None:
+    """Hold a test's record (and verdict) until its report is made (see makereport)."""
+    item.stash.setdefault(RECORDS_KEY, []).append(record)
+    if verdict is not None:
+        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
+
+
 def failure_kind(report: pytest.TestReport) -> str:
     """'AssertionError: lost updates: N of N': the exception and message, numbers folded so that
     repetitions failing the same way count as one kind."""
@@ -189,12 +196,8 @@ class StressGuardPlugin:
             raise KeyboardInterrupt from None
         finally:
             self.progress.done()
-        self.keep(pyfuncitem, record, verdict)
+        keep(pyfuncitem, record, verdict)
         return True
-
-    def keep(self, item: pytest.Item, record: dict[str, Any], verdict: Verdict) -> None:
-        item.stash.setdefault(RECORDS_KEY, []).append(record)
-        item.stash.setdefault(VERDICTS_KEY, []).append(verdict)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
