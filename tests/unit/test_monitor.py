@@ -207,7 +207,8 @@ def test_fast_path_agrees_with_psutil() -> None:
     assert abs(rss - proc.memory_info().rss) < 2_000_000
     times = proc.cpu_times()
     assert abs(cpu - (times.user + times.system)) < 0.1
-    assert threads == proc.num_threads()
+    # a daemon thread of an earlier test may be ending between the two reads
+    assert abs(threads - proc.num_threads()) <= 1
     assert not zombie
     fds = _count_fds(os.getpid())
     assert fds is not None and abs(fds - proc.num_fds()) <= 1
