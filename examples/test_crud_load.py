@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from pytest_stressguard import spike
+
 SLA = ["p95<2s", "p99<5s", "error_rate<0.1%", "rps>=20/s", "p95{GET /api/items}<200ms"]
 #: A spike may slow everything down (500 users on two cores), but no request may fail and even
 #: the slowest 1 % answer within 5 s.
@@ -53,10 +55,7 @@ async def test_crud_peak_load(demo_api: Any) -> None:
     await crud_journey(demo_api)
 
 
-# pytest_stressguard.spike(10, 500, hold="2m", ramp="30s") builds the same profile.
-SPIKE = [("30s", 10), ("2m", 10), ("30s", 500), ("2m", 500), ("30s", 10), ("2m", 10)]
-
-
-@pytest.mark.load(stages=SPIKE, think_time="1s", warmup="30s", sla=SPIKE_SLA)
+@pytest.mark.load(stages=spike(10, 500, hold="2m", ramp="30s"), think_time="1s", warmup="30s",
+                  sla=SPIKE_SLA)
 async def test_crud_spike(demo_api: Any) -> None:
     await crud_journey(demo_api)
