@@ -35,8 +35,10 @@ sampler's own memory does not grow (it would otherwise show up as a leak of this
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 import threading
 import time
 from array import array
@@ -85,6 +87,32 @@ class Sample:
             "fds": self.fds,
             "children": self.children,
         }
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_reader() -> Callable[[], int] | None:
+    """Bytes in use by malloc in this process (all arenas plus mmapped chunks), from glibc's
+    mallinfo2() (~0.4 us). Unlike RSS it is not hidden when a leak refills memory the allocator
+    already held from earlier work. None where unavailable (musl, macOS, glibc < 2.33)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    fn.argtypes = []
+
+    def read() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return read
 
 
 def _opt_int(x: float) -> int | None:
@@ -295,6 +323,8 @@ class ResourceMonitor:
         self._self_pid = os.getpid()
         self._procs: dict[int, _Watched] = {}
         self._pending: list[tuple[psutil.Process, str]] = [(psutil.Process(), "self")]
+        self._heap_read = _heap_reader()
+        self._heap: list[tuple[float, int]] = []  # (t, bytes in use by malloc), this process
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -426,6 +456,10 @@ class ResourceMonitor:
             for w in list(self._procs.values()):
                 if w.exited_at is None:
                     self._sample_one(w, t)
+            if self._heap_read is not None:
+                self._heap.append((t, self._heap_read()))
+                if len(self._heap) >= self.max_points:  # bounded: keep every other point
+                    self._heap = self._heap[::2]
             self.samples_taken += 1
 
     @staticmethod
@@ -544,6 +578,11 @@ class ResourceMonitor:
             )
             for r in rows
         ]
+
+    def heap_points(self) -> list[tuple[float, int]]:
+        """(t, bytes in use by malloc) of this process; empty where glibc's mallinfo2 is not."""
+        with self._lock:
+            return list(self._heap)
 
     def rss_points(self, pid: int | None = None) -> list[tuple[float, int]]:
         """``(t, rss)`` pairs, the form reports and the leak estimate use."""

@@ -52,7 +52,7 @@ import threading
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from .allocs import AllocationTracker, AllocSite
@@ -429,9 +429,28 @@ class _Session:
                if self.origin <= t <= self.end]
         return _downsample(pts, REPORT_POINTS)
 
+    def _heap_leak(self) -> LeakEstimate | None:
+        pts = [(t, b) for t, b in self.monitor.heap_points() if self.origin <= t <= self.end]
+        if len(pts) < 8:
+            return None
+        return estimate_leak([p[0] for p in pts], [float(p[1]) for p in pts],
+                             warmup=self.spec.warmup, origin=self.origin)
+
+    def _own_leak(self) -> LeakEstimate:
+        """This process: RSS, unless the live heap shows growth RSS cannot (a leak that refills
+        memory the allocator kept from earlier tests leaves RSS flat for a while)."""
+        rss = self._leak(None)
+        heap = self._heap_leak()
+        if heap is None or not heap.established:
+            return rss
+        if rss.established and (rss.gate_bytes_per_h or 0) >= (heap.gate_bytes_per_h or 0):
+            return rss
+        return replace(heap, reason=f"live heap (malloc in use): {heap.reason}; "
+                                    f"RSS alone: {rss.describe()}")
+
     def decide(self, load: LoadResult | None) -> SoakResult:
         spec, mon = self.spec, self.monitor
-        leak = self._leak(None)
+        leak = self._own_leak()
         drift_v, first, last, note = self.probe.result()
         result = SoakResult(
             spec=spec,
