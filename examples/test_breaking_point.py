@@ -21,11 +21,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+
+from examples.demo_service.launcher import DemoService
+
+
+@pytest.fixture(scope="module")
+def catalogue(demo_service: DemoService) -> None:
+    """Enough items for every listing to return a full page of 50."""
+    with httpx.Client(base_url=demo_service.url, timeout=30) as client:
+        for i in range(100):
+            client.post("/api/items", json={"name": f"catalogue-{i}", "value": i,
+                                            "data": {"colour": "blue", "size": i % 7}}).raise_for_status()
 
 
 @pytest.mark.stress(start_rate="50/s", step_rate="400/s", max_rate="4050/s", max_users=1000,
                     step_duration="3m", sla=["p95<500ms", "error_rate<0.1%", "dropped==0"],
                     expect_capacity="100/s")
-async def test_breaking_point_of_the_item_list(demo_api: Any) -> None:
+async def test_breaking_point_of_the_item_list(demo_api: Any, catalogue: None) -> None:
     await demo_api.list_items(limit=50)
