@@ -1,7 +1,8 @@
 """Soak: uploads repeated for two hours; the server does not leak, fails rarely, stays as fast.
 
-The scenario (the seeds' "Task 20"): a steady stream of 1 MB uploads by 100 users, each finalised
-and then processed by the background worker, for 2 hours. What must hold:
+The scenario (the seeds' "Task 20"): a steady stream of 1 MB uploads by 100 users (two clients,
+50 ms apart, about 30 uploads/s), each finalised and then processed by the background worker,
+for 2 hours. What must hold:
 
 * the server's memory does not grow: leak rate < 10 MB/h (a robust slope after the 10-minute
   warm-up, with its 95 % bound; a plateau after the warm-up is not a leak);
