@@ -6,5 +6,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[examples]"
-.venv/bin/python -m pytest -p no:cacheprovider examples --stressguard-time-scale="${STRESSGUARD_TIME_SCALE:-0.05}" \
+.venv/bin/python -m pytest -p no:cacheprovider examples --stressguard-time-scale="${STRESSGUARD_TIME_SCALE:-0.02}" \
   --stressguard-json=stressguard-report.json "$@"

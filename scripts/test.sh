@@ -10,4 +10,4 @@ PY=${PYTHON:-python3}
 .venv/bin/mypy --strict src
 # Integration tests use the local PostgreSQL when STRESSGUARD_DSN points at it, and the embedded
 # one otherwise; both paths are exercised (tests/integration pick their own DSNs).
-.venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadgroup "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadgroup --timeout=600 "$@"

@@ -788,10 +788,16 @@ def _run_dir_name(run_id: str) -> str:
 
 
 def _remove_run_dir(run_dir: Path) -> None:
-    """Remove a run's directory, and the base directory too when that leaves it empty."""
+    """Remove a run's directory; when no other run is left, also the binaries copied for the
+    unprivileged server user and the base directory: a session leaves nothing in the temp dir
+    (the copy costs well under a second at the next start)."""
     shutil.rmtree(run_dir, ignore_errors=True)
+    base = run_dir.parent
     with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # fails harmlessly while other runs (or a cache) live there
+        if not [p for p in base.iterdir() if not p.name.startswith(".pginstall-")]:
+            for cache in base.glob(".pginstall-*"):
+                shutil.rmtree(cache, ignore_errors=True)
+        base.rmdir()  # fails harmlessly while other runs live there
 
 
 def _ensure_base(base: Path) -> None:

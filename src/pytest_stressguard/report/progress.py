@@ -48,7 +48,8 @@ class ProgressPrinter:
             parts = [f"{kind} {name}: {format_duration(p.elapsed_s)}"]
             if p.remaining_s:
                 parts[0] += f" (remaining {format_duration(p.remaining_s)})"
-            parts += [f"users {p.users}", format_rate(p.rps)]
+            warming = getattr(p, "warming_up", False)
+            parts += [f"users {p.users}", "warming up" if warming else format_rate(p.rps)]
             if p.p95_ms is not None:
                 parts.append(f"p95 {p.p95_ms:.1f}ms")
             parts.append(f"errors {p.errors}")
