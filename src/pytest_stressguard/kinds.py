@@ -145,23 +145,25 @@ def run_stress(item: pytest.Function, mark: StressMark, settings: Settings,
 
     levels = stress_core.levels(mark.start, mark.step, mark.maximum)
     result = stress_core.search(step, levels, sla, kind=mark.kind, recovery=mark.recovery)
-    unit = "users" if mark.kind == "users" else "/s"
+    def level(x: float) -> str:
+        return f"{x:g} users" if mark.kind == "users" else f"{x:g}/s"
+
     problems = []
     if mark.expect_capacity is not None and (result.capacity or 0) < mark.expect_capacity:
         got = "none (the first step broke the SLA)" if result.capacity is None else \
-            f"{result.capacity:g} {unit}"
-        problems.append(f"capacity {got} is below the expected {mark.expect_capacity:g} {unit}")
+            level(result.capacity)
+        problems.append(f"capacity {got} is below the expected {level(mark.expect_capacity)}")
     if result.recovered is False and result.recovery is not None:
         why = "; ".join(c.describe() for c in result.recovery.checks if not c.ok)
-        problems.append(f"no recovery at {result.recovery.level:g} {unit}: {why}")
+        problems.append(f"no recovery at {level(result.recovery.level)}: {why}")
     # Breaking the SLA at some step is what a search is for: it explains the capacity, it does
     # not fail the test. Only expect_capacity, capacity thresholds and recovery do.
     notes = []
     if result.broke_at is not None:
         why = "; ".join(c.describe() for c in result.steps[-1].checks if not c.ok)
-        notes.append(f"broke at {result.broke_at:g} {unit}: {why}")
+        notes.append(f"broke at {level(result.broke_at)}: {why}")
     elif not result.interrupted:
-        notes.append(f"the SLA held up to the maximum ({mark.maximum:g} {unit}): "
+        notes.append(f"the SLA held up to the maximum ({level(mark.maximum)}): "
                      f"capacity is at least that")
     if any(s.result.saturation.saturated for s in result.steps):
         notes.append("WARNING generator saturated during the search: the breaking point may be "
@@ -174,6 +176,7 @@ def run_stress(item: pytest.Function, mark: StressMark, settings: Settings,
         record.update(load_entry(merged))
     record["stress"] = result.to_dict()
     record["thresholds"] = verdict.to_list()
+    record["problems"] = list(problems)
     if result.interrupted:
         raise Interrupted(record, verdict)
     return record, verdict
@@ -229,6 +232,9 @@ def run_soak(item: pytest.Function, mark: SoakMark, settings: Settings,
         monitor.stop()
     problems = ()
     notes = tuple(f"WARNING {w}" for w in result.warnings)
+    if result.load is not None and result.load.errors_by_kind:
+        top = sorted(result.load.errors_by_kind.items(), key=lambda kv: -kv[1])[:5]
+        notes += tuple(f"errors: {n} x {kind}" for kind, n in top)
     if result.alloc_sites:
         notes += ("top allocation sites still holding memory:",
                   *(f"  {site.describe()}" for site in result.alloc_sites))

@@ -101,3 +101,4 @@ def test_ctrl_c_mid_soak_keeps_the_samples(pytester: pytest.Pytester) -> None:
     (test,) = json.loads(report.read_text())["tests"]
     assert test["interrupted"] is True and test["iterations"] > 20
     assert len(test["soak"]["memory"]) > 5
+

@@ -94,7 +94,10 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 USER_AGENT = "pytest-stressguard"
 MAX_HEAD_BYTES = 64 * 1024
 UPLOAD_CHUNK = 256 * 1024
-_SIMPLE_CACHE_MAX = 4096
+# Parsed targets and prebuilt request heads, per URL. Small on purpose: a REST soak with ids in
+# its paths (/items/{id}) makes every URL new, and a 4096-entry cache kept growing for minutes,
+# which the soak's leak gate saw as a 30-170 MB/h leak of the test process itself.
+_SIMPLE_CACHE_MAX = 256
 
 ParamsType = Mapping[str, Any] | Sequence[tuple[str, Any]]
 #: bytes | bytearray | memoryview | str | Mapping[str, Any] (form) | AsyncIterable[bytes] |
