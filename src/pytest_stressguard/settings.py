@@ -14,7 +14,6 @@ from pytest_stressguard.core.thresholds import (
     SESSION_METRICS,
     CompareRule,
     Threshold,
-    ThresholdError,
     parse_compare,
     parse_threshold,
 )
@@ -22,32 +21,26 @@ from pytest_stressguard.core.thresholds import (
 Progress = Literal["auto", "on", "off"]
 
 
-def _threshold_type(text: str) -> str:
-    try:
-        parse_threshold(text)
-    except ThresholdError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def parse_gate(text: str) -> Threshold:
     return parse_threshold(text, allowed=SESSION_METRICS)
 
 
-def _gate_type(text: str) -> str:
-    try:
-        parse_gate(text)
-    except ThresholdError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked_by(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type= that keeps the text but rejects what `parse` rejects, with its message."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:  # ThresholdError and UnitsError are ValueErrors
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
 
 
-def _compare_type(text: str) -> str:
-    try:
-        parse_compare(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_threshold_type = _checked_by(parse_threshold)
+_gate_type = _checked_by(parse_gate)
+_compare_type = _checked_by(parse_compare)
 
 
 def _time_scale_type(text: str) -> float:
