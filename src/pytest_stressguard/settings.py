@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytest
@@ -155,7 +155,6 @@ class Settings:
     progress: Progress = "auto"
     baseline_dir: str | None = None
     trends: bool = True
-    sources: dict[str, str] = field(default_factory=dict)
 
 
 def _resolve(config: pytest.Config, opt: _Option) -> tuple[Any, str]:
@@ -222,5 +221,4 @@ def load_settings(config: pytest.Config) -> Settings:
         progress=raw["progress"] or "auto",
         baseline_dir=text("dir"),
         trends=raw["trends"] != "off",
-        sources=sources,
     )

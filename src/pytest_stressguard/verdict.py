@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +49,3 @@ class Verdict:
     def to_list(self) -> list[dict[str, Any]]:
         return [{**r.to_dict(), "describe": r.describe()} for r in self.results]
 
-
-def combine(kind: str, parts: Sequence[Verdict]) -> Verdict:
-    return Verdict(
-        kind=kind,
-        results=tuple(r for p in parts for r in p.results),
-        problems=tuple(x for p in parts for x in p.problems),
-        notes=tuple(x for p in parts for x in p.notes),
-    )

@@ -8,7 +8,6 @@ from typing import Any
 from pytest_stressguard.core.trends import sparkline
 from pytest_stressguard.core.units import (
     format_duration,
-    format_rate,
     format_ratio,
     format_size,
 )
@@ -208,5 +207,3 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
                            f"{row['change'] * 100:+.1f}%", "" if row["ok"] else "REGRESSION"])
     return table(table_rows, {2, 3, 4})
 
-
-__all__ = ["format_rate", "write_summary"]
