@@ -62,7 +62,7 @@ class LoadRunner:
             result = engine.run_sync(fn, spec)
         self.results.append(result)
         keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **kinds.load_entry(result), "thresholds": []}, None)
+                           **result.to_dict(), "thresholds": []}, None)
         return result
 
     async def run_async(self, fn: Callable[[], Awaitable[object]], *, users: int = 1,
@@ -72,7 +72,7 @@ class LoadRunner:
         result = await Engine().run_async(fn, spec)
         self.results.append(result)
         keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **kinds.load_entry(result), "thresholds": []}, None)
+                           **result.to_dict(), "thresholds": []}, None)
         return result
 
     def check(self, result: LoadResult, sla: Sequence[str]) -> list[ThresholdResult]:

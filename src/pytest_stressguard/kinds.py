@@ -7,7 +7,6 @@ can ride on the test report across xdist.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -41,30 +40,6 @@ class Interrupted(KeyboardInterrupt):
 
 def effective_sla(own: Sequence[Threshold], settings: Settings) -> tuple[Threshold, ...]:
     return tuple(own) or settings.sla or DEFAULT_SLA
-
-
-def load_entry(result: LoadResult) -> dict[str, Any]:
-    """The figures every load-like entry of the JSON report carries (units fixed by SPEC)."""
-    latency = result.latency.percentiles_ms() if result.latency.count else {}
-    sat = result.saturation
-    return {
-        "iterations": result.iterations,
-        "errors": result.errors,
-        "error_rate": result.error_rate,
-        "dropped": result.dropped,
-        "rps": result.rps,
-        "duration_s": result.duration_s,
-        "latency_ms": latency,
-        "histogram": result.latency.encode(),
-        "timeline": [asdict(row) for row in result.timeline],
-        "endpoints": {name: ep.to_dict() for name, ep in result.endpoints.items()},
-        "errors_by_kind": dict(result.errors_by_kind),
-        "saturated": sat.saturated,
-        "saturation": {"cpu_ratio": sat.cpu_ratio, "loop_lag_p99_ms": sat.loop_lag_p99_ms,
-                       "reason": sat.reason},
-        "warnings": list(result.warnings),
-        "interrupted": bool(getattr(result, "interrupted", False)),
-    }
 
 
 def to_load_spec(mark: LoadMark) -> LoadSpec:
@@ -119,9 +94,9 @@ def run_load(item: pytest.Function, mark: LoadMark, settings: Settings,
         result = run_spec(item, to_load_spec(mark), progress)
     except LoadInterrupted as exc:
         verdict = load_verdict(exc.result, sla)
-        raise Interrupted({**load_entry(exc.result), "kind": "load"}, verdict) from None
+        raise Interrupted({**exc.result.to_dict(), "kind": "load"}, verdict) from None
     verdict = load_verdict(result, sla)
-    record = {"kind": "load", **load_entry(result), "thresholds": verdict.to_list()}
+    record = {"kind": "load", **result.to_dict(), "thresholds": verdict.to_list()}
     return record, verdict
 
 
@@ -173,7 +148,7 @@ def run_stress(item: pytest.Function, mark: StressMark, settings: Settings,
     merged = result.merged()
     record: dict[str, Any] = {"kind": "stress"}
     if merged is not None:
-        record.update(load_entry(merged))
+        record.update(merged.to_dict())
     record["stress"] = result.to_dict()
     record["thresholds"] = verdict.to_list()
     record["problems"] = list(problems)
@@ -244,7 +219,7 @@ def run_soak(item: pytest.Function, mark: SoakMark, settings: Settings,
                       detail="" if result.ok else result.describe())
     record: dict[str, Any] = {"kind": "soak"}
     if result.load is not None:
-        record.update(load_entry(result.load))
+        record.update(result.load.to_dict())
     record["duration_s"] = result.duration_s
     record["soak"] = result.to_dict()
     record["thresholds"] = verdict.to_list()
@@ -256,7 +231,7 @@ def _interrupted_soak(partial: LoadResult | None, monitor: ResourceMonitor,
     """What a Ctrl-C leaves: the iterations so far and the memory samples so far."""
     record: dict[str, Any] = {"kind": "soak"}
     if partial is not None:
-        record.update(load_entry(partial))
+        record.update(partial.to_dict())
     leak = monitor.leak_rate(warmup=mark.warmup)
     record["soak"] = {"leak_bytes_per_h": leak.bytes_per_h, "leak": leak.to_dict(),
                       "leak_bound_bytes_per_h": leak.bound, "peak_rss": monitor.peak_rss,
