@@ -957,6 +957,61 @@ class _Outcome:
     keyboard: bool = False
 
 
+class _Waiter:
+    """The caller's side of a run, shared by the sync and async waits: when to stop (stop event,
+    hard deadline, planned end), when the grace after the halt is over, how long to sleep, and
+    the once-a-second fold of the users' buffers into progress."""
+
+    def __init__(self, engine: Engine, run: _Run) -> None:
+        self.engine = engine
+        self.run = run
+        self.grace = run.spec.effective_grace
+        self.interval = engine.progress_interval
+        self.next_progress = run.start + self.interval
+        self.real_deadline = time.monotonic() + run.spec.effective_max_duration + self.grace
+        self.halted_at: float | None = None
+        self.interrupted = False
+        self.now = run.clock()
+
+    def decide(self) -> None:
+        run, stop = self.run, self.engine.stop
+        self.now = now = run.clock()
+        if not run.aborted:
+            if stop is not None and stop.is_set():
+                self.interrupted = True
+                run.stop(abort=True)
+            elif time.monotonic() >= self.real_deadline - self.grace:
+                run.stop(abort=True)
+            elif now >= run.stop_at and not run.halted:
+                run.stop()
+        if run.halted and self.halted_at is None:
+            self.halted_at = time.monotonic()
+
+    def expired(self) -> bool:
+        """Halted, and the users had their grace (or the hard deadline came)."""
+        if self.halted_at is None:
+            return False
+        mono = time.monotonic()
+        return mono - self.halted_at >= self.grace or mono >= self.real_deadline
+
+    def timeout(self) -> float:
+        run, now = self.run, self.now
+        timeout = min(_TICK, max(0.0, self.next_progress - now))
+        if not run.halted:
+            timeout = min(timeout, max(0.0, run.stop_at - now))
+        return max(timeout, 0.001)
+
+    def tick(self) -> None:
+        run = self.run
+        self.now = now = run.clock()
+        run.collector.note_users(int(now - run.start), run.active)
+        if now >= self.next_progress:
+            late = math.floor((now - self.next_progress) / self.interval) + 1
+            self.next_progress += self.interval * max(1, late)
+            run.collector.pull(int(now - run.start), run.active)
+            self.engine._emit(run)
+
+
 class Engine:
     """Runs load. ``progress`` is called about once a second from the caller's thread (the
     event loop for async runs); ``stop`` ends a run early (``interrupted=True``)."""
@@ -1105,50 +1160,25 @@ class Engine:
     def _sync_wait(
         self, run: _Run, all_done: threading.Event, threads: list[threading.Thread]
     ) -> _Outcome:
-        clock = run.clock
-        grace = run.spec.effective_grace
-        interval = self.progress_interval
-        next_progress = run.start + interval
-        real_deadline = time.monotonic() + run.spec.effective_max_duration + grace
-        halted_at: float | None = None
+        waiter = _Waiter(self, run)
         interrupted = False
         keyboard = False
-        stop = self.stop
         try:
             while True:
-                now = clock()
-                if not run.aborted:
-                    if stop is not None and stop.is_set():
-                        interrupted = True
-                        run.stop(abort=True)
-                    elif time.monotonic() >= real_deadline - grace:
-                        run.stop(abort=True)
-                    elif now >= run.stop_at and not run.halted:
-                        run.stop()
-                if run.halted and halted_at is None:
-                    halted_at = time.monotonic()
-                if halted_at is not None and (
-                    time.monotonic() - halted_at >= grace or time.monotonic() >= real_deadline
-                ):
+                waiter.decide()
+                if waiter.expired():
                     break
-                timeout = min(_TICK, max(0.0, next_progress - now))
-                if not run.halted:
-                    timeout = min(timeout, max(0.0, run.stop_at - now))
-                if all_done.wait(max(timeout, 0.001)):
+                if all_done.wait(waiter.timeout()):
                     break
-                now = clock()
-                run.collector.note_users(int(now - run.start), run.active)
-                if now >= next_progress:
-                    next_progress += interval * max(1, math.floor((now - next_progress) / interval) + 1)
-                    run.collector.pull(int(now - run.start), run.active)
-                    self._emit(run)
+                waiter.tick()
+            interrupted = waiter.interrupted
         except KeyboardInterrupt:
             interrupted = keyboard = True
             run.stop(abort=True)
-            deadline = time.monotonic() + min(grace, _INTERRUPT_JOIN)
+            deadline = time.monotonic() + min(waiter.grace, _INTERRUPT_JOIN)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
                 all_done.wait(max(0.0, deadline - time.monotonic()))
-        end = clock()
+        end = run.clock()
         run.stop(abort=True)  # finished, or done waiting: nothing new may start
         # users that did not finish: give them a moment to notice the halt (sleepers wake up)
         stuck_deadline = time.monotonic() + 0.2
@@ -1156,7 +1186,7 @@ class Engine:
             th.join(max(0.0, stuck_deadline - time.monotonic()))
         stuck = sum(1 for th in threads if th.is_alive())
         if stuck and not all_done.is_set():
-            end = clock()
+            end = run.clock()
         return _Outcome(end=end, interrupted=interrupted, stuck=stuck, keyboard=keyboard)
 
     @staticmethod
@@ -1379,51 +1409,27 @@ class Engine:
         tasks: set[asyncio.Task[None]],
         in_body: dict[asyncio.Task[None], bool],
     ) -> _Outcome:
-        clock = run.clock
-        grace = run.spec.effective_grace
-        interval = self.progress_interval
-        next_progress = run.start + interval
-        real_deadline = time.monotonic() + run.spec.effective_max_duration + grace
-        halted_at: float | None = None
-        interrupted = False
-        stop = self.stop
+        waiter = _Waiter(self, run)
         pending = {t for t in tasks if not t.done()}
         while pending:
-            now = clock()
-            if not run.aborted:
-                if stop is not None and stop.is_set():
-                    interrupted = True
-                    run.stop(abort=True)
-                elif time.monotonic() >= real_deadline - grace:
-                    run.stop(abort=True)
-                elif now >= run.stop_at and not run.halted:
-                    run.stop()
+            waiter.decide()
             if run.halted:
-                if halted_at is None:
-                    halted_at = time.monotonic()
                 # users waiting (ramp, think time) are cancelled; users mid-iteration finish
                 for t in list(tasks):
                     if t.done():
                         continue
                     if not in_body.get(t, False) or (run.aborted and t is run.scheduler_task):
                         t.cancel()
-                if time.monotonic() - halted_at >= grace or time.monotonic() >= real_deadline:
+                if waiter.expired():
                     break
-            timeout = min(_TICK, max(0.0, next_progress - now))
-            if not run.halted:
-                timeout = min(timeout, max(0.0, run.stop_at - now))
             pending = {t for t in tasks if not t.done()}
             if not pending:
                 break
-            await asyncio.wait(pending, timeout=max(timeout, 0.001))
+            await asyncio.wait(pending, timeout=waiter.timeout())
             pending = {t for t in tasks if not t.done()}
-            now = clock()
-            run.collector.note_users(int(now - run.start), run.active)
-            if now >= next_progress:
-                next_progress += interval * max(1, math.floor((now - next_progress) / interval) + 1)
-                run.collector.pull(int(now - run.start), run.active)
-                self._emit(run)
-        end = clock()
+            waiter.tick()
+        interrupted = waiter.interrupted
+        end = run.clock()
         run.stop(abort=True)
         stuck = [t for t in tasks if not t.done()]
         for t in stuck:
