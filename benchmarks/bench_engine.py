@@ -55,7 +55,8 @@ def _measure(run: Any) -> dict[str, Any]:
 def worker_stressguard(kind: str, users: int, duration: float) -> dict[str, Any]:
     import asyncio
 
-    from pytest_stressguard.core.engine import Engine, LoadSpec
+    from pytest_stressguard.core.engine import Engine
+    from pytest_stressguard.core.loadspec import LoadSpec
 
     def body() -> None:
         pass

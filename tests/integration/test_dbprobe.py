@@ -30,8 +30,8 @@ import pytest
 from psycopg import errors as pgerrors
 from psycopg_pool import PoolTimeout
 
-from pytest_stressguard.core.dbprobe import PoolProbe, PoolReport
 from pytest_stressguard.core.pgembed import EmbeddedLease, acquire_embedded
+from pytest_stressguard.core.pool import PoolProbe, PoolReport
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -25,12 +25,12 @@ import psutil
 import psycopg
 import pytest
 
+from pytest_stressguard.core.pg_leases import live_leases
 from pytest_stressguard.core.pgembed import (
     DatabaseUnavailable,
     EmbeddedPostgresError,
     acquire_embedded,
     cleanup_run,
-    live_leases,
     normalize_dsn,
     redact_dsn,
     resolve_dsn,
@@ -329,7 +329,7 @@ def test_embedded_server_supports_the_probe_scenarios(base: Path) -> None:
 def test_as_root_binaries_out_of_reach_of_the_server_user_are_copied(base: Path) -> None:
     """A virtualenv under a 0700 home (root in a CI container): the ``pgserver`` user cannot run
     its binaries, so a world-readable copy is made once in the base directory."""
-    from pytest_stressguard.core.pgembed import find_postgres_bin
+    from pytest_stressguard.core.pg_binaries import find_postgres_bin
 
     private = Path(tempfile.mkdtemp(prefix="sg-private-"))  # 0700, root's
     try:

@@ -13,20 +13,18 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_stressguard.core.engine import (
-    Engine,
+from pytest_stressguard.core.engine import Engine
+from pytest_stressguard.core.loadspec import LoadSpec, Stage, default_max_users
+from pytest_stressguard.core.profiles import parse_stages, ramp, spike
+from pytest_stressguard.core.result import (
+    LOAD_METRICS,
     LoadInterrupted,
     LoadResult,
-    LoadSpec,
     Progress,
     Saturation,
-    Stage,
-    _Arrivals,
-    _user_intervals,
-    default_max_users,
 )
-from pytest_stressguard.core.profiles import parse_stages, ramp, spike
-from pytest_stressguard.core.stats import current_recorder
+from pytest_stressguard.core.schedule import Arrivals, user_intervals
+from pytest_stressguard.core.stats import EndpointStats, current_recorder
 
 
 def _stalling_body(every: int = 100, stall: float = 0.2) -> Callable[[], None]:
@@ -248,20 +246,20 @@ def test_async_body_that_never_awaits_does_not_starve_the_loop() -> None:
 # ------------------------------------------------------------------ stages
 def test_user_intervals_follow_the_linear_profile() -> None:
     pts = [(0.0, 0.0), (1.0, 10.0), (2.0, 10.0), (3.0, 0.0)]
-    first = _user_intervals(0, pts)
-    last = _user_intervals(9, pts)
+    first = user_intervals(0, pts)
+    last = user_intervals(9, pts)
     assert len(first) == 1
     assert first[0][0] == 0.0
     assert first[0][1] == pytest.approx(3.0)
     (start, end) = last[0]
     assert start == pytest.approx(0.9)  # user 9 joins when the target passes 9
     assert end == pytest.approx(2.1)  # and is the first to leave on the way down
-    assert _user_intervals(10, pts) == []
+    assert user_intervals(10, pts) == []
 
 
 def test_rate_stage_arrivals_integrate_the_rate() -> None:
     spec = LoadSpec(stages=(Stage(1.0, 100, "rate"), Stage(1.0, 100, "rate")))
-    arr = _Arrivals(spec)
+    arr = Arrivals(spec)
     times = []
     for k in itertools.count():
         t = arr.time_of(k)
@@ -478,6 +476,34 @@ def test_metrics_names_and_units() -> None:
     with pytest.raises(KeyError):
         r.percentile_metric("median")
     assert LoadResult().metrics()["p95"] is None
+
+
+_LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p99.9", "mean", "min", "max"}
+_ENDPOINT_KEYS = {*_LATENCY_KEYS, "rps", "iterations", "errors", "error_rate"}
+
+
+def test_endpoint_metrics_give_rps_over_the_measured_window() -> None:
+    ep = EndpointStats("GET /x")
+    for _ in range(30):
+        ep.record(0.004)
+    ep.record(0.010, error="HTTPError: 500")
+    r = LoadResult(iterations=31, duration_s=2.0, endpoints={"GET /x": ep})
+    m = r.endpoint_metrics()["GET /x"]
+    assert set(m) == _ENDPOINT_KEYS
+    assert m["rps"] == pytest.approx(15.5)  # errors count, like the run's rps
+    assert (m["iterations"], m["errors"]) == (31.0, 1.0)
+    assert LoadResult(endpoints={"GET /x": ep}).endpoint_metrics()["GET /x"]["rps"] == 0.0
+
+
+def test_produced_metrics_are_the_declared_ones() -> None:
+    produced = set(LoadResult().metrics())
+    assert produced == {*_ENDPOINT_KEYS, "dropped"}
+    for name in produced:
+        assert any(m.matches(name) for m in LOAD_METRICS), name
+    for metric in LOAD_METRICS:
+        assert any(metric.matches(name) for name in produced), metric.name
+    per_endpoint = {"pNN", "mean", "min", "max", "rps", "iterations", "errors", "error_rate"}
+    assert {m.name for m in LOAD_METRICS if m.per_endpoint} == per_endpoint
 
 
 def test_to_dict_from_dict_round_trip() -> None:

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from pytest_stressguard.core import race
+from pytest_stressguard.core import amplify, race
+from pytest_stressguard.core.amplify import ProjectFilter
 from pytest_stressguard.core.race import (
     ConcurrentResult,
     ConcurrentSpec,
-    ProjectFilter,
     current_worker,
     run_concurrent,
     run_concurrent_async,
@@ -64,7 +64,7 @@ def _no_leftover_trace_state() -> Iterator[None]:
     assert sys.gettrace() is trace
     assert sys.getswitchinterval() == interval
     if hasattr(sys, "monitoring"):
-        assert all(sys.monitoring.get_tool(t) != race._TOOL_NAME for t in range(6))
+        assert all(sys.monitoring.get_tool(t) != amplify._TOOL_NAME for t in range(6))
 
 
 # ------------------------------------------------------------------------- races exposed
@@ -350,7 +350,7 @@ def test_a_foreign_tracer_in_the_worker_is_restored_when_it_ends() -> None:
 
     threading.settrace(foreign)
     try:
-        enter = race._TraceAmplifier(ProjectFilter((HERE,)), 1, "line").thread_enter
+        enter = amplify._TraceAmplifier(ProjectFilter((HERE,)), 1, "line").thread_enter
 
         def worker() -> None:
             enter()()
@@ -368,7 +368,7 @@ def test_a_foreign_tracer_in_the_worker_is_restored_when_it_ends() -> None:
 def test_monitoring_falls_back_to_settrace_when_no_tool_id_is_free() -> None:
     mon: Any = getattr(sys, "monitoring")  # noqa: B009 - absent before 3.12
     taken = []
-    for tool in race._TOOL_IDS:
+    for tool in amplify._TOOL_IDS:
         if mon.get_tool(tool) is None:
             mon.use_tool_id(tool, "test-occupier")
             taken.append(tool)

@@ -12,7 +12,7 @@ Design notes
   can say so. Sub-microsecond values (an empty body) round to 0 or 1 us: that is the resolution
   of the histogram, not a clamp, and is not counted.
 * The object is **not thread-safe** on purpose: the engine gives every virtual user its own
-  buffer and merges on read (see :mod:`pytest_stressguard.core.engine`).
+  buffer and merges on read (see :mod:`pytest_stressguard.core.collector`).
 * The read side speaks seconds (:meth:`p`, :attr:`mean`, :attr:`min`, :attr:`max`,
   :attr:`stdev`); :meth:`percentiles_ms` is the one edge that converts to milliseconds.
 """

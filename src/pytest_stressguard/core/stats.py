@@ -1,7 +1,7 @@
 """Per-endpoint statistics recorded by load bodies (HTTP client, user code).
 
 A load body may do several things per iteration (``GET /items`` then ``POST /orders``); the
-iteration latency lives in :class:`~pytest_stressguard.core.engine.LoadResult`, and the per-name
+iteration latency lives in :class:`~pytest_stressguard.core.result.LoadResult`, and the per-name
 figures live here. The engine creates one :class:`StatsRecorder` per run and publishes it through
 :data:`current_recorder`; the HTTP client and user code call ``current_recorder.get()`` and, when it
 is not ``None``, ``record(name, seconds, error)``.
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .histogram import LatencyHistogram
+from .histogram import PERCENTILE_KEYS, LatencyHistogram
 
 __all__ = ["EndpointStats", "StatsRecorder", "current_recorder", "error_key"]
 
@@ -73,18 +73,18 @@ class EndpointStats:
         )
 
     def metrics(self) -> dict[str, float | None]:
-        """Threshold metric names for the endpoint form ``p95{GET /items}<200ms`` (seconds)."""
+        """Threshold metric names for the endpoint form ``p95{GET /items}<200ms`` (seconds).
+        ``rps`` needs the run's measured window: :meth:`LoadResult.endpoint_metrics` adds it."""
         h = self.histogram
         empty = self.count == 0
         out: dict[str, float | None] = {}
-        qs = h.percentiles([50.0, 90.0, 95.0, 99.0, 99.9])
-        for key, q in (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0),
-                       ("p99.9", 99.9)):
-            out[key] = None if empty else qs[q]
+        qs = h.percentiles([float(k[1:]) for k in PERCENTILE_KEYS])
+        for key in PERCENTILE_KEYS:
+            out[key] = None if empty else qs[float(key[1:])]
         out["mean"] = None if empty else h.mean
         out["min"] = None if empty else h.min
         out["max"] = None if empty else h.max
-        out["count"] = float(self.count)
+        out["iterations"] = float(self.count)
         out["errors"] = float(self.errors)
         out["error_rate"] = None if empty else self.error_rate
         return out
