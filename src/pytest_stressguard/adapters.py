@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 
-from pytest_stressguard import kinds
-from pytest_stressguard.core.dbprobe import PoolProbe
-from pytest_stressguard.core.engine import Engine, LoadResult, LoadSpec
+from pytest_stressguard.core.engine import Engine
 from pytest_stressguard.core.http import HttpClient, Response
+from pytest_stressguard.core.loadspec import LoadSpec
 from pytest_stressguard.core.monitor import ResourceMonitor
+from pytest_stressguard.core.pool import PoolProbe
+from pytest_stressguard.core.result import LoadResult
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
 from pytest_stressguard.hooks import keep
+from pytest_stressguard.kinds import bind_spec
+from pytest_stressguard.kinds.load import load_record, load_verdict
 from pytest_stressguard.markers import MarkerError
-from pytest_stressguard.markers import load as load_marker
 from pytest_stressguard.verdict import Verdict
 
 
@@ -43,10 +45,18 @@ class LoadRunner:
 
     def _spec(self, **kwargs: Any) -> LoadSpec:
         try:
-            mark = load_marker(**kwargs)
-        except (MarkerError, TypeError) as exc:
+            mark = bind_spec("load", (), kwargs, self._settings.time_scale)
+        except MarkerError as exc:
             raise pytest.UsageError(f"load_runner.run: {exc}") from None
-        return kinds.to_load_spec(mark.scaled(self._settings.time_scale))
+        spec: LoadSpec = mark.to_load_spec()
+        return spec
+
+    def _keep(self, result: LoadResult) -> LoadResult:
+        self.results.append(result)
+        record = load_record(result, None)
+        record["label"] = f"run {len(self.results)}"
+        keep(self._item, record, None)
+        return result
 
     def run(self, fn: Callable[[], object] | Callable[[], Awaitable[object]], *,
             users: int = 1, **kwargs: Any) -> LoadResult:
@@ -60,20 +70,13 @@ class LoadRunner:
             result = asyncio.run(engine.run_async(fn, spec))
         else:
             result = engine.run_sync(fn, spec)
-        self.results.append(result)
-        keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **result.to_dict(), "thresholds": []}, None)
-        return result
+        return self._keep(result)
 
     async def run_async(self, fn: Callable[[], Awaitable[object]], *, users: int = 1,
                         **kwargs: Any) -> LoadResult:
         """Like run(), from inside an async test: users are tasks on the running loop."""
         spec = self._spec(users=users, **kwargs)
-        result = await Engine().run_async(fn, spec)
-        self.results.append(result)
-        keep(self._item, {"kind": "load", "label": f"run {len(self.results)}",
-                           **result.to_dict(), "thresholds": []}, None)
-        return result
+        return self._keep(await Engine().run_async(fn, spec))
 
     def check(self, result: LoadResult, sla: Sequence[str]) -> list[ThresholdResult]:
         """Evaluate thresholds; fail the test with every threshold, its value and verdict."""
@@ -81,7 +84,7 @@ class LoadRunner:
             thresholds = parse_thresholds(sla)
         except ThresholdError as exc:
             raise pytest.UsageError(f"load_runner.check: {exc}") from None
-        verdict = kinds.load_verdict(result, thresholds)
+        verdict = load_verdict(result, thresholds)
         if not verdict.ok:
             pytest.fail(verdict.long_repr(self._item.nodeid) + "\n\n" + verdict.section(),
                         pytrace=False)

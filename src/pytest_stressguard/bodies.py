@@ -6,9 +6,13 @@ import asyncio
 import inspect
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_stressguard.core.loadspec import LoadSpec
+    from pytest_stressguard.core.result import LoadResult
 
 T = TypeVar("T")
 
@@ -71,3 +75,24 @@ def run_coroutine(item: pytest.Function, coro: Coroutine[Any, Any, T]) -> T:
         if loop is not None and not loop.is_closed() and not loop.is_running():
             return loop.run_until_complete(coro)
     return asyncio.run(coro)
+
+
+def run_load(item: pytest.Function, spec: LoadSpec, progress: Callable[[Any], None] | None,
+             ) -> LoadResult:
+    """Run the test's body under the engine, sync (threads) or async (tasks on its loop)."""
+    from pytest_stressguard.core.engine import Engine
+    from pytest_stressguard.core.result import LoadInterrupted
+
+    engine = Engine(progress=progress)
+    if not is_async(item):
+        return engine.run_sync(sync_body(item), spec)
+    try:
+        return run_coroutine(item, engine.run_async(async_body(item), spec))
+    except LoadInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        # asyncio turns Ctrl-C into a cancellation of the run; the engine keeps what it measured.
+        if engine.last_result is None:
+            raise
+        engine.last_result.interrupted = True
+        raise LoadInterrupted(engine.last_result) from exc

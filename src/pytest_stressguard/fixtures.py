@@ -83,6 +83,7 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
     Connections never returned fail the test at teardown, naming where they were taken."""
     from pytest_stressguard.adapters import ProbeFixture
     from pytest_stressguard.hooks import keep
+    from pytest_stressguard.kinds.pool import pool_record
     from pytest_stressguard.verdict import Verdict
 
     probe = ProbeFixture(request)
@@ -95,7 +96,7 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
         if report.dirty:
             notes += (f"dirty returns: {report.dirty}",)
         verdict = Verdict("pool", (), tuple(f"leaked connection: {p}" for p in problems), notes)
-        keep(request.node, {"kind": "pool", "pool": report.to_dict()}, verdict)
+        keep(request.node, pool_record(report), verdict)
 
 
 @pytest.fixture

@@ -6,12 +6,15 @@ import os
 import re
 import resource
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
-from pytest_stressguard.markers import MARKERS, MarkerError, bind_mark
+from pytest_stressguard.core.records import Record
+from pytest_stressguard.kinds import MARKER_KINDS, bind_item_mark
+from pytest_stressguard.kinds.base import Interrupted, RunContext
+from pytest_stressguard.markers import MarkerError
 from pytest_stressguard.report.progress import ProgressPrinter
 from pytest_stressguard.session import SessionOutcome, decide_session
 from pytest_stressguard.settings import Settings
@@ -22,25 +25,9 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 STORE_KEY = pytest.StashKey[SessionStore]()
 OUTCOME_KEY = pytest.StashKey[SessionOutcome]()
 MARK_KEY = pytest.StashKey[tuple[str, Any]]()
-RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+RECORDS_KEY = pytest.StashKey[list[Record]]()
 VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
 RSS_KEY = pytest.StashKey[tuple[int, int]]()
-
-Runner = Callable[[pytest.Function, Any, Settings, Any], tuple[dict[str, Any], Verdict]]
-
-
-def runner_for(kind: str) -> Runner:
-    """The kinds (and the engine behind them) load on the first marked test, not at start-up."""
-    from pytest_stressguard import kinds
-
-    runners: dict[str, Runner] = {
-        "load": kinds.run_load,
-        "stress": kinds.run_stress,
-        "concurrent": kinds.run_concurrent,
-        "soak": kinds.run_soak,
-    }
-    return runners[kind]
-
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -90,27 +77,7 @@ def worker_id(config: pytest.Config) -> str:
     return str(workerinput["workerid"]) if workerinput else "main"
 
 
-def marks_of(node: Any) -> list[tuple[str, Any]]:
-    return [(m.name, m) for m in node.iter_markers() if m.name in MARKERS]
-
-
-def bind_item_mark(nodeid: str, node: Any) -> tuple[str, Any] | None:
-    """The one stressguard mark of a test, bound to its spec; raises MarkerError naming the test."""
-    found = marks_of(node)
-    if not found:
-        return None
-    names = sorted({name for name, _ in found})
-    if len(names) > 1:
-        raise MarkerError(f"{nodeid}: a test takes one of @load, @stress, @soak, @concurrent; "
-                          f"found {', '.join('@' + n for n in names)}")
-    name, mark = found[0]  # the closest one wins, like any pytest marker
-    try:
-        return name, bind_mark(name, mark.args, dict(mark.kwargs))
-    except MarkerError as exc:
-        raise MarkerError(f"{nodeid}: @pytest.mark.{name}: {exc}") from None
-
-
-def keep(item: pytest.Item, record: dict[str, Any], verdict: Verdict | None) -> None:
+def keep(item: pytest.Item, record: Record, verdict: Verdict | None) -> None:
     """Hold a test's record (and verdict) until its report is made (see makereport)."""
     item.stash.setdefault(RECORDS_KEY, []).append(record)
     if verdict is not None:
@@ -145,7 +112,8 @@ class StressGuardPlugin:
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         nodeid = metafunc.definition.nodeid
         try:
-            self.bound[nodeid] = bind_item_mark(nodeid, metafunc.definition)
+            self.bound[nodeid] = bind_item_mark(nodeid, metafunc.definition,
+                                                self.settings.time_scale)
         except MarkerError as exc:
             pytest.fail(str(exc), pytrace=False)
 
@@ -157,9 +125,9 @@ class StressGuardPlugin:
             name = getattr(item, "originalname", item.name)
             bound = self.bound.get(f"{parent.nodeid}::{name}" if parent else name)
             # Marks given per parameter (pytest.param(marks=...)) are only on the item.
-            if any(m.name in MARKERS for m in item.own_markers):
+            if any(m.name in MARKER_KINDS for m in item.own_markers):
                 try:
-                    bound = bind_item_mark(item.nodeid, item)
+                    bound = bind_item_mark(item.nodeid, item, self.settings.time_scale)
                 except MarkerError as exc:
                     errors.append(str(exc))
                     continue
@@ -181,13 +149,10 @@ class StressGuardPlugin:
         bound = pyfuncitem.stash.get(MARK_KEY, None)
         if bound is None:
             return None  # unmarked tests pass through untouched
-        from pytest_stressguard.kinds import Interrupted
-
         kind, spec = bound
-        runner = runner_for(kind)
-        sink = self.progress.sink(pyfuncitem.nodeid, kind)
+        context = RunContext(self.settings, self.progress.sink(pyfuncitem.nodeid, kind))
         try:
-            record, verdict = runner(pyfuncitem, spec, self.settings, sink)
+            record, verdict = MARKER_KINDS[kind].run(pyfuncitem, spec, context)
         except Interrupted as exc:
             # pytest makes no report for an interrupted test: keep what was measured directly.
             self.store.add_record({**exc.record, "interrupted": True, "outcome": "interrupted",
@@ -251,14 +216,9 @@ class StressGuardPlugin:
         if report.failed:
             self.failed(report)
 
-    def gather(self, report: pytest.TestReport, records: list[dict[str, Any]]) -> None:
+    def gather(self, report: pytest.TestReport, records: list[Record]) -> None:
         for record in records:
-            record = {**record, "outcome": report.outcome, "when": report.when}
-            owner = self.store.owner_of_pool(record)
-            if owner is not None:  # a load/stress/soak test's pool figures join its entry
-                owner["pool"] = record["pool"]
-            else:
-                self.store.add_record(record)
+            self.store.add_record({**record, "outcome": report.outcome, "when": report.when})
 
     def failed(self, report: pytest.TestReport) -> None:
         store, nodeid = self.store, report.nodeid

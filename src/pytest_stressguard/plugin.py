@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from pytest_stressguard import settings as _settings
-from pytest_stressguard.markers import MARKERS, marker_help
 
 PLUGIN_NAME = "stressguard-session"
 
@@ -16,10 +15,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name in MARKERS:
-        config.addinivalue_line("markers", marker_help(name))
     from pytest_stressguard import fixtures
     from pytest_stressguard.hooks import StressGuardPlugin, TrendTracker, XdistHooks
+    from pytest_stressguard.kinds import MARKER_KINDS
+    from pytest_stressguard.markers import marker_help
+
+    for name, kind in MARKER_KINDS.items():
+        config.addinivalue_line("markers", marker_help(name, kind.marker))
 
     plugin = StressGuardPlugin(config, _settings.load_settings(config))
     config.pluginmanager.register(plugin, PLUGIN_NAME)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from pytest_stressguard.core.session_metrics import session_metrics
 from pytest_stressguard.core.thresholds import ThresholdResult, evaluate
 from pytest_stressguard.settings import Settings
 from pytest_stressguard.store import SessionStore
@@ -43,51 +43,14 @@ class SessionOutcome:
         }
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def session_metrics(store: SessionStore, elapsed: float,
-                    wanted: frozenset[str] = frozenset()) -> dict[str, float | None]:
-    durations = [p.duration_s for p in store.trends]
-    outcomes = list(store.outcomes.values())
-    failed = sum(1 for o in outcomes if o == "failed")
-    peak = max((p.peak_rss for p in store.processes.values()), default=None)
-    leaks = []
-    # The session leak is a robust slope over every test: computed only when a gate asks.
-    for proc in store.processes.values() if "leak" in wanted else ():
-        estimate = process_leak(proc.series)
-        if estimate is not None:
-            leaks.append(estimate)
-    return {
-        "test_duration_p95": _percentile(durations, 95),
-        "test_duration_max": max(durations) if durations else None,
-        "tests_per_s": len(outcomes) / elapsed if elapsed > 0 else None,
-        "peak_rss": float(peak) if peak is not None else None,
-        "leak": max(leaks) if leaks else None,
-        "failure_rate": failed / len(outcomes) if outcomes else None,
-    }
-
-
-def process_leak(series: list[tuple[float, int]]) -> float | None:
-    """Bytes per hour a test process grew across the session (robust slope, second half)."""
-    if len(series) < 8:
-        return None
-    from pytest_stressguard.core.trends import session_leak_rate
-
-    return session_leak_rate(series)
-
-
 def decide_session(store: SessionStore, settings: Settings, config: pytest.Config) -> SessionOutcome:
     elapsed = time.time() - store.started
     outcome = SessionOutcome(duration_s=elapsed)
     wanted = frozenset(g.metric for g in settings.gates)
-    outcome.metrics = session_metrics(store, elapsed, wanted)
+    outcome.metrics = session_metrics(
+        [p.duration_s for p in store.trends], list(store.outcomes.values()), elapsed,
+        [p.peak_rss for p in store.processes.values()],
+        [p.series for p in store.processes.values()], wanted)
     outcome.gates = evaluate(settings.gates, outcome.metrics)
     if settings.compare:
         from pytest_stressguard.report import baselines

@@ -11,7 +11,6 @@ from typing import Any, Literal
 import pytest
 
 from pytest_stressguard.core.thresholds import (
-    SESSION_METRICS,
     CompareRule,
     Threshold,
     parse_compare,
@@ -22,7 +21,7 @@ Progress = Literal["auto", "on", "off"]
 
 
 def parse_gate(text: str) -> Threshold:
-    return parse_threshold(text, allowed=SESSION_METRICS)
+    return parse_threshold(text, scope="session")
 
 
 def _checked_by(parse: Callable[[str], object]) -> Callable[[str], str]:
@@ -97,8 +96,9 @@ class _Option:
 
 
 OPTIONS: tuple[_Option, ...] = (
-    _Option("sla", "default threshold for load tests without their own, e.g. 'p95<500ms' "
-            "(repeatable; ini: stressguard_sla)", "linelist", True, _threshold_type),
+    _Option("sla", "default threshold for load, stress and soak tests without an sla of their "
+            "own, e.g. 'p95<500ms' (repeatable; ini: stressguard_sla)", "linelist", True,
+            _threshold_type),
     _Option("gate", "session gate, e.g. 'peak_rss<2GB' or 'test_duration_p95<1s' "
             "(repeatable; ini: stressguard_gates)", "linelist", True, _gate_type),
     _Option("time-scale", "multiply every load/stress/soak duration by F (0.05 runs a 2h soak "

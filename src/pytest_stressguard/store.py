@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_stressguard.core.records import Record
+
 
 @dataclass
 class TrendPoint:
@@ -45,27 +47,30 @@ class ProcessStats:
 @dataclass
 class SessionStore:
     started: float = field(default_factory=time.time)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     trends: list[TrendPoint] = field(default_factory=list)
     processes: dict[str, ProcessStats] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
     failure_kinds: dict[str, str] = field(default_factory=dict)
     lost_workers: list[str] = field(default_factory=list)
     repeat_count: int = 1  # pytest-repeat's --count (1 when absent)
-    _by_nodeid: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _by_nodeid: dict[str, list[Record]] = field(default_factory=dict, repr=False)
 
-    def add_record(self, record: dict[str, Any]) -> None:
+    def add_record(self, record: Record) -> None:
+        """Keep an entry; a pool entry joins the load/stress/soak entry of its test, if any."""
+        owner = self._owner_of_pool(record)
+        if owner is not None:
+            owner["pool"] = record["pool"]
+            owner["metrics"] = {**owner.get("metrics", {}), **record.get("metrics", {})}
+            return
         self.records.append(record)
         self._by_nodeid.setdefault(str(record.get("nodeid")), []).append(record)
 
-    def records_of(self, nodeid: str) -> list[dict[str, Any]]:
+    def records_of(self, nodeid: str) -> list[Record]:
         return self._by_nodeid.get(nodeid, [])
 
-    def owner_of_pool(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _owner_of_pool(self, record: Record) -> Record | None:
         if record.get("kind") != "pool":
             return None
         owners = [r for r in self.records_of(str(record.get("nodeid"))) if r.get("kind") != "pool"]
         return owners[-1] if owners else None
-
-    def by_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == kind]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from pytest_stressguard.core.records import ThresholdDict
 from pytest_stressguard.core.thresholds import ThresholdResult
 
 STATUS_LETTER = "S"
@@ -46,6 +46,13 @@ class Verdict:
             lines += ["", self.detail]
         return "\n".join(lines)
 
-    def to_list(self) -> list[dict[str, Any]]:
-        return [{**r.to_dict(), "describe": r.describe()} for r in self.results]
+    def to_list(self) -> list[ThresholdDict]:
+        """The thresholds as the report's entries (canonical units, and the verdict's line)."""
+        out: list[ThresholdDict] = []
+        for r in self.results:
+            t = r.threshold
+            out.append({"expr": t.expr, "metric": t.metric, "endpoint": t.endpoint, "op": t.op,
+                        "value": r.value, "limit": t.limit, "unit": t.unit, "ok": r.ok,
+                        "note": r.note, "describe": r.describe()})
+        return out
 

@@ -22,7 +22,7 @@ import pytest
 
 from pytest_stressguard.core.monitor import ResourceMonitor
 from pytest_stressguard.core.soak import SoakResult, SoakSpec, run_soak, run_soak_async
-from pytest_stressguard.core.thresholds import ThresholdError
+from pytest_stressguard.core.thresholds import ThresholdError, parse_thresholds
 
 LIMIT = 50e6  # bytes per hour
 
@@ -205,7 +205,7 @@ def test_watched_child_that_leaks_is_caught_and_one_that_plateaus_is_not(
 # --------------------------------------------------------------------------- drift, sla, data
 def test_latency_drift_is_measured_and_gated() -> None:
     spec = SoakSpec(duration=2.0, warmup=0.2, sample_interval=0.05, drift_limit=0.2,
-                    sla=("errors==0", "peak_rss<100TB", "drift<500%", "cpu<1000%"))
+                    sla=parse_thresholds(["errors==0", "peak_rss<100TB", "drift<500%", "cpu<1000%"]))
     start = time.perf_counter()
 
     def slowing_body() -> None:  # 2 ms at the start, 8 ms at the end
@@ -227,7 +227,7 @@ def test_latency_drift_is_measured_and_gated() -> None:
 
 def test_steady_body_does_not_drift_and_errors_are_counted() -> None:
     spec = SoakSpec(duration=2.0, warmup=0.2, sample_interval=0.05, drift_limit=0.5,
-                    sla=("errors==0",))
+                    sla=parse_thresholds(["errors==0"]))
     calls = [0]
 
     def steady_body() -> None:
@@ -302,7 +302,9 @@ def test_spec_validation(kwargs: dict[str, float], match: str) -> None:
 
 def test_bad_sla_fails_before_the_soak() -> None:
     with pytest.raises(ThresholdError):
-        SoakSpec(duration=1, sla=("p95<5xx",))
+        parse_thresholds(["p95<5xx"])
+    with pytest.raises(ValueError, match="sla must hold parsed thresholds"):
+        SoakSpec(duration=1, sla=("p95<5xx",))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- allocation sites

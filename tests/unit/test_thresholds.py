@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_stressguard.core.metrics import Scope, declared
 from pytest_stressguard.core.thresholds import (
-    METRICS,
-    SESSION_METRICS,
     CompareRule,
     Threshold,
     ThresholdError,
     evaluate,
+    find_metric,
     format_metric_value,
     is_percentile,
     metric_dimension,
@@ -56,8 +56,8 @@ def test_metric_registry_covers_the_spec() -> None:
         "tests_per_s",
         "failure_rate",
     ]
-    assert set(spec) <= set(METRICS)
-    assert set(SESSION_METRICS) <= set(METRICS)
+    assert set(spec) <= set(declared("test")) | set(declared("session"))
+    assert all(metric_dimension(name) for name in declared("session"))
     assert metric_dimension("p95") == "time"
     assert metric_dimension("p99.9") == "time"
     assert metric_dimension("p75") == "time"  # any pNN
@@ -86,6 +86,11 @@ def test_not_percentiles(name: str) -> None:
 
 
 # --------------------------------------------------------------------------------- parsing
+
+
+def scope_of(metric: str) -> Scope:
+    """Session gates' metrics parse in the session scope only."""
+    return "test" if find_metric(metric, "test") else "session"
 
 
 @pytest.mark.parametrize(
@@ -127,7 +132,7 @@ def test_not_percentiles(name: str) -> None:
 def test_parse_threshold(
     expr: str, metric: str, endpoint: str | None, op: str, limit: float, dimension: str
 ) -> None:
-    t = parse_threshold(expr)
+    t = parse_threshold(expr, scope=scope_of(metric))
     assert t.expr == expr.strip()
     assert (t.metric, t.endpoint, t.op, t.dimension) == (metric, endpoint, op, dimension)
     assert t.limit == pytest.approx(limit)
@@ -221,12 +226,14 @@ def test_caret_line_survives_tabs_and_newlines() -> None:
 
 
 def test_allowed_restricts_metrics() -> None:
-    assert parse_threshold("peak_rss<2GB", allowed=SESSION_METRICS).metric == "peak_rss"
+    assert parse_threshold("peak_rss<2GB", scope="session").metric == "peak_rss"
     with pytest.raises(ThresholdError, match="'p95' is not available here"):
-        parse_threshold("p95<1s", allowed=SESSION_METRICS)
+        parse_threshold("p95<1s", scope="session")
     assert parse_threshold("p75<1s", allowed=("p95", "errors")).metric == "p75"  # pNN entry
+    with pytest.raises(ThresholdError, match="'capacity' is not available here"):
+        parse_threshold("capacity>10", allowed=("p95", "errors"))
     with pytest.raises(ThresholdError, match="did you mean test_duration_max"):
-        parse_threshold("test_duration_mx<1s", allowed=SESSION_METRICS)
+        parse_threshold("test_duration_mx<1s", scope="session")
 
 
 def test_parse_thresholds_keeps_order_and_treats_str_as_one() -> None:
@@ -462,7 +469,7 @@ def test_fuzz_parse_threshold_raises_only_threshold_error(text: str) -> None:
         assert str(err).startswith("invalid threshold ")
         return
     assert math.isfinite(t.limit)
-    assert t.metric in METRICS or is_percentile(t.metric)
+    assert find_metric(t.metric) is not None
 
 
 @settings(max_examples=400, deadline=None)
@@ -480,7 +487,7 @@ def test_fuzz_parse_compare_raises_only_threshold_error(text: str) -> None:
     st.floats(min_value=1e-6, max_value=1e5),
 )
 def test_round_trip_formatted_time_limit(metric: str, op: str, seconds: float) -> None:
-    t = parse_threshold(f"{metric}{op}{format_duration(seconds)}")
+    t = parse_threshold(f"{metric}{op}{format_duration(seconds)}", scope=scope_of(metric))
     coarse = 30.0 if seconds >= 3570 else 0.5 if seconds >= 59 else 0.0
     assert abs(t.limit - seconds) <= max(seconds * 0.006, coarse)
 

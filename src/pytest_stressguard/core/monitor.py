@@ -48,6 +48,7 @@ from typing import Any
 
 import psutil
 
+from .metrics import Metric
 from .thresholds import ThresholdResult, evaluate, parse_thresholds
 from .trends import LeakEstimate, estimate_leak
 
@@ -55,6 +56,13 @@ __all__ = ["MonitorError", "ResourceMonitor", "Sample"]
 
 _NAN = float("nan")
 _FIELDS = ("t", "rss", "uss", "cpu", "threads", "fds", "children")
+
+
+MONITOR_METRICS: tuple[Metric, ...] = (
+    Metric("peak_rss", "size", "the largest resident memory sampled"),
+    Metric("leak", "size_rate", "robust memory growth after the warm-up, 0 unless established"),
+    Metric("cpu", "ratio", "CPU time / wall time (1.0 = one core busy)"),
+)
 
 
 class MonitorError(ValueError):

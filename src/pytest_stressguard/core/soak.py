@@ -57,12 +57,14 @@ from typing import Any, TypeVar
 
 from .allocs import AllocationTracker, AllocSite
 from .engine import Engine, LoadResult, LoadSpec
+from .metrics import Metric
 from .monitor import ResourceMonitor
-from .thresholds import Threshold, ThresholdResult, evaluate, parse_thresholds
+from .thresholds import Threshold, ThresholdResult, evaluate
 from .trends import LeakEstimate, drift, estimate_leak, is_leak, median
 from .units import format_duration, format_ratio, format_size, format_size_rate
 
 __all__ = [
+    "SOAK_METRICS",
     "SoakResult",
     "SoakSpec",
     "WatchedResult",
@@ -71,6 +73,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# leak, peak_rss and cpu are the monitor's (core.monitor.MONITOR_METRICS); the rest are the load's.
+SOAK_METRICS: tuple[Metric, ...] = (
+    Metric("drift", "ratio", "median latency of the last part of a soak vs the first (signed)",
+           signed=True),
+)
 
 #: Points of each memory series kept for reports (the monitor keeps more for the estimate).
 REPORT_POINTS = 120
@@ -97,7 +105,7 @@ class SoakSpec:
     leak_limit: float | None = None
     drift_limit: float | None = None
     sample_interval: float = 0.1
-    sla: tuple[str, ...] = ()
+    sla: tuple[Threshold, ...] = ()
     drift_part: float = 0.2
     alloc_window: float | None = None
 
@@ -128,9 +136,9 @@ class SoakSpec:
             math.isfinite(self.alloc_window) and self.alloc_window > 0
         ):
             raise bad(f"alloc_window must be > 0 seconds, got {self.alloc_window!r}")
-        if isinstance(self.sla, str):
-            object.__setattr__(self, "sla", (self.sla,))
-        parse_thresholds(self.sla)  # a bad expression fails here, before the soak
+        if not all(isinstance(t, Threshold) for t in self.sla):  # one SLA type, parsed once
+            raise bad(f"sla must hold parsed thresholds (thresholds.parse_thresholds), "
+                      f"got {self.sla!r}")
 
     @property
     def measured(self) -> float:
@@ -159,7 +167,7 @@ class SoakSpec:
             "leak_limit": self.leak_limit,
             "drift_limit": self.drift_limit,
             "sample_interval": self.sample_interval,
-            "sla": list(self.sla),
+            "sla": [t.expr for t in self.sla],
             "drift_part": self.drift_part,
             "alloc_window": self.alloc_window,
         }
@@ -513,7 +521,7 @@ class _Session:
                                            f"{r.drift * 100:+.1f}%, {word} at the end"))
         if spec.sla:
             endpoints = r.load.endpoint_metrics() if r.load is not None else {}
-            out += evaluate(parse_thresholds(spec.sla), r.metrics(), endpoints)
+            out += evaluate(spec.sla, r.metrics(), endpoints)
         return out
 
 

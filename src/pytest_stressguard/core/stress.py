@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from pytest_stressguard.core.engine import LoadResult
+from pytest_stressguard.core.metrics import Metric
+from pytest_stressguard.core.records import StressDict, StressStepDict
+from pytest_stressguard.core.result import LoadResult
 from pytest_stressguard.core.thresholds import Threshold, ThresholdResult, evaluate, is_percentile
 
+STRESS_METRICS: tuple[Metric, ...] = (
+    Metric("capacity", "number", "the last load step (users, or a rate /s) that held the SLA",
+           higher_is_better=True, also=("rate",)),
+)
 # Thresholds on these are decided once, on the whole search, not per step.
-FINAL_METRICS = frozenset({"capacity"})
+FINAL_METRICS = frozenset(m.name for m in STRESS_METRICS)
 
 
 @dataclass
@@ -26,11 +31,10 @@ class StressStep:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def to_dict(self, kind: str) -> dict[str, Any]:
+    def to_dict(self, kind: str) -> StressStepDict:
         r = self.result
         lat = r.latency.percentiles_ms() if r.latency.count else {}
-        return {
-            kind: self.level,
+        step: StressStepDict = {
             "iterations": r.iterations,
             "rps": r.rps,
             "p50_ms": lat.get("p50"),
@@ -43,6 +47,11 @@ class StressStep:
             "ok": self.ok,
             "failed": [c.describe() for c in self.checks if not c.ok],
         }
+        if kind == "users":
+            step["users"] = self.level
+        else:
+            step["rate"] = self.level
+        return step
 
 
 @dataclass
@@ -64,6 +73,9 @@ class StressResult:
                 return step
         return None
 
+    def metrics(self) -> dict[str, float | None]:
+        return {"capacity": self.capacity}
+
     def merged(self) -> LoadResult | None:
         """All measured steps as one result (recovery excluded)."""
         total: LoadResult | None = None
@@ -74,7 +86,7 @@ class StressResult:
                 total.merge(step.result)
         return total
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StressDict:
         return {
             "kind": self.kind,
             "capacity": self.capacity,
@@ -129,7 +141,7 @@ def _step(level: float, result: LoadResult, thresholds: Sequence[Threshold]) -> 
 
 def final_checks(result: StressResult, thresholds: Sequence[Threshold]) -> list[ThresholdResult]:
     finals = [t for t in thresholds if t.metric in FINAL_METRICS]
-    return evaluate(finals, {"capacity": result.capacity})
+    return evaluate(finals, result.metrics())
 
 
 def result_metrics(result: LoadResult, thresholds: Sequence[Threshold]) -> dict[str, float | None]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal, get_args
 
+from .metrics import Metric, Scope, declared, is_percentile, lookup
 from .units import (
     CANONICAL_UNIT,
     Dimension,
@@ -27,9 +28,7 @@ from .units import (
 )
 
 __all__ = [
-    "METRICS",
     "OPS",
-    "SESSION_METRICS",
     "CompareResult",
     "CompareRule",
     "Op",
@@ -49,63 +48,6 @@ __all__ = [
 
 Op = Literal["<=", ">=", "==", "<", ">"]
 OPS: Final[tuple[Op, ...]] = get_args(Op)
-
-#: Every metric name -> its dimension. Any ``pNN``/``pNN.N`` percentile (0 < q <= 100) is also a
-#: time metric; the usual ones are listed here.
-METRICS: Final[Mapping[str, Dimension]] = MappingProxyType(
-    {
-        "p50": "time",
-        "p90": "time",
-        "p95": "time",
-        "p99": "time",
-        "p99.9": "time",
-        "mean": "time",
-        "min": "time",
-        "max": "time",
-        "rps": "rate",
-        "errors": "number",
-        "error_rate": "ratio",
-        "dropped": "number",
-        "peak_rss": "size",
-        "leak": "size_rate",
-        "drift": "ratio",
-        "cpu": "ratio",
-        "capacity": "number",
-        "pool_wait_p95": "time",
-        "pool_waiting_max": "number",
-        "pool_timeouts": "number",
-        "pool_errors": "number",
-        "leaked_connections": "number",
-        "dirty_returns": "number",
-        "deadlocks": "number",
-        "serialization_failures": "number",
-        "test_duration_p95": "time",
-        "test_duration_max": "time",
-        "tests_per_s": "rate",
-        "failure_rate": "ratio",
-    }
-)
-
-#: Metrics that session-level gates (``--stressguard-gate``) can use.
-SESSION_METRICS: Final[tuple[str, ...]] = (
-    "test_duration_p95",
-    "test_duration_max",
-    "tests_per_s",
-    "peak_rss",
-    "leak",
-    "failure_rate",
-)
-
-# metrics that exist per endpoint (from the per-endpoint histogram and counters)
-_ENDPOINT_METRICS: Final = frozenset({"mean", "min", "max", "rps", "errors", "error_rate"})
-# metrics whose limit may be negative (latency drift can be an improvement)
-_SIGNED_METRICS: Final = frozenset({"drift"})
-# dimensions a metric accepts besides its own (capacity: users or a rate; rates: bare = /s)
-_ALSO: Final[Mapping[str, tuple[Dimension, ...]]] = MappingProxyType(
-    {"capacity": ("rate",), "rps": ("number",), "tests_per_s": ("number",)}
-)
-# which way is worse, for baseline comparisons written without a sign
-_WORSE_WHEN_LOWER: Final = frozenset({"rps", "tests_per_s", "capacity"})
 
 _PERCENTILE: Final = re.compile(r"p(\d+(?:\.\d+)?)")
 _METRIC_TOKEN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -149,12 +91,6 @@ class ThresholdError(ValueError):
 # the metric registry
 
 
-def is_percentile(name: str) -> bool:
-    """True for ``p50``, ``p99.9``... (0 < q <= 100)."""
-    m = _PERCENTILE.fullmatch(name)
-    return m is not None and 0 < float(m.group(1)) <= 100
-
-
 def percentile_of(name: str) -> float:
     """``"p99.9"`` -> 99.9. Raises ValueError for a name that is not a percentile."""
     if not is_percentile(name):
@@ -169,23 +105,46 @@ def _normal_name(name: str) -> str:
     return name
 
 
+def find_metric(name: str, scope: Scope | None = None) -> Metric | None:
+    """The declaration of ``name`` in ``scope`` (None: a test metric, else a session one)."""
+    if scope is not None:
+        return lookup(name, scope)
+    return lookup(name, "test") or lookup(name, "session")
+
+
+def _declared(name: str) -> Metric:
+    found = find_metric(name)
+    if found is None:
+        raise ValueError(f"unknown metric {name!r} (allowed: {_allowed_text(None, 'test')})")
+    return found
+
+
 def metric_dimension(name: str) -> Dimension:
     """The dimension of a metric name; raises ValueError for an unknown metric."""
-    if name in METRICS:
-        return METRICS[name]
-    if is_percentile(name):
-        return "time"
-    raise ValueError(f"unknown metric {name!r} (allowed: {_allowed_text()})")
+    return _declared(name).dimension
 
 
-def _allowed_text(allowed: Collection[str] | None = None) -> str:
-    names = list(METRICS) if allowed is None else list(allowed)
-    extra = "" if allowed is not None and not any(is_percentile(n) for n in names) else " (any pNN)"
-    return " ".join(names) + extra
+_USUAL_PERCENTILES: Final = ("p50", "p90", "p95", "p99", "p99.9")
+
+
+def _names(allowed: Collection[str] | None, scope: Scope) -> list[str]:
+    if allowed is not None:
+        return list(allowed)
+    names: list[str] = []
+    for name in declared(scope):
+        names += _USUAL_PERCENTILES if name == "pNN" else (name,)
+    return names
+
+
+def _allowed_text(allowed: Collection[str] | None, scope: Scope) -> str:
+    names = _names(allowed, scope)
+    pattern = "pNN" in declared(scope) if allowed is None else any(is_percentile(n) for n in names)
+    return " ".join(names) + (" (any pNN)" if pattern else "")
 
 
 def _accepts(metric: str) -> tuple[Dimension, ...]:
-    return (metric_dimension(metric), *_ALSO.get(metric, ()))
+    found = _declared(metric)
+    return (found.dimension, *found.also)
 
 
 def _dim_noun(metric: str) -> str:
@@ -227,16 +186,16 @@ def _skip(text: str, pos: int) -> int:
 
 
 def _metric_and_endpoint(
-    expr: str, kind: str, allowed: Collection[str] | None
+    expr: str, kind: str, allowed: Collection[str] | None, scope: Scope
 ) -> tuple[str, str | None, int]:
     """Read ``metric[{endpoint}]`` from the start; return (metric, endpoint, position after)."""
     pos = _skip(expr, 0)
     m = _METRIC_TOKEN.match(expr, pos)
     if m is None:
-        reason = f"expected a metric name (allowed: {_allowed_text(allowed)})"
+        reason = f"expected a metric name (allowed: {_allowed_text(allowed, scope)})"
         raise ThresholdError(expr, reason, (pos, pos + 1), kind)
     written = m.group()
-    _check_metric(expr, written, m.span(), kind, allowed)
+    _check_metric(expr, written, m.span(), kind, allowed, scope)
     metric = _normal_name(written)
     pos = _skip(expr, m.end())
     endpoint: str | None = None
@@ -256,12 +215,12 @@ def _metric_and_endpoint(
         endpoint = expr[pos + 1 : end].strip()
         if not endpoint:
             raise ThresholdError(expr, "the endpoint name is empty", (pos, end + 1), kind)
-        if not (is_percentile(metric) or metric in _ENDPOINT_METRICS):
+        found = find_metric(metric, scope)
+        if found is None or not found.per_endpoint:
+            per_endpoint = sorted(m.name for m in declared(scope).values() if m.per_endpoint)
             raise ThresholdError(
                 expr,
-                f"{metric} has no per-endpoint value (per endpoint: pNN "
-                + " ".join(sorted(_ENDPOINT_METRICS))
-                + ")",
+                f"{metric} has no per-endpoint value (per endpoint: {' '.join(per_endpoint)})",
                 (m.start(), end + 1),
                 kind,
             )
@@ -272,26 +231,35 @@ def _metric_and_endpoint(
 
 
 def _check_metric(
-    expr: str, name: str, span: tuple[int, int], kind: str, allowed: Collection[str] | None
+    expr: str, name: str, span: tuple[int, int], kind: str, allowed: Collection[str] | None,
+    scope: Scope,
 ) -> None:
     if name.startswith("p") and _PERCENTILE.fullmatch(name) and not is_percentile(name):
         reason = f"percentile {name!r} is out of range (above p0, at most p100)"
         raise ThresholdError(expr, reason, span, kind)
-    known = name in METRICS or is_percentile(name)
+    known = find_metric(name, scope) is not None
+    if not known and find_metric(name) is not None:  # a metric, but of the other scope
+        raise ThresholdError(
+            expr,
+            f"metric {name!r} is not available here (allowed: {_allowed_text(allowed, scope)})",
+            span,
+            kind,
+        )
     if known and allowed is not None:
         ok = name in allowed or (is_percentile(name) and any(is_percentile(a) for a in allowed))
         if not ok:
             raise ThresholdError(
                 expr,
-                f"metric {name!r} is not available here (allowed: {_allowed_text(allowed)})",
+                f"metric {name!r} is not available here "
+                f"(allowed: {_allowed_text(allowed, scope)})",
                 span,
                 kind,
             )
     if known:
         return
-    candidates = list(METRICS) if allowed is None else list(allowed)
+    candidates = _names(allowed, scope)
     lower = name.lower()
-    if lower in METRICS or is_percentile(lower):
+    if find_metric(lower, scope) is not None:
         close = [lower]
     else:
         import difflib  # only on a typo: it costs 5 ms of every start-up otherwise
@@ -300,7 +268,7 @@ def _check_metric(
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ThresholdError(
         expr,
-        f"unknown metric {name!r}{hint} (allowed: {_allowed_text(allowed)})",
+        f"unknown metric {name!r}{hint} (allowed: {_allowed_text(allowed, scope)})",
         span,
         kind,
     )
@@ -461,17 +429,19 @@ class ThresholdResult:
         }
 
 
-def parse_threshold(expr: str, *, allowed: Collection[str] | None = None) -> Threshold:
+def parse_threshold(expr: str, *, allowed: Collection[str] | None = None,
+                    scope: Scope = "test") -> Threshold:
     """Parse ``"p95<500ms"``, ``"error_rate <= 0.1%"``, ``"p95{GET /items}<200ms"``.
 
-    ``allowed`` restricts the metric names (e.g. :data:`SESSION_METRICS` for session gates); a
-    ``pNN`` entry in it admits every percentile. Raises :class:`ThresholdError`.
+    ``scope`` picks the declared metrics (``"session"`` for session gates); ``allowed`` restricts
+    the names further (a ``pNN`` entry in it admits every percentile).
+    Raises :class:`ThresholdError`.
     """
     if not isinstance(expr, str):
         raise ThresholdError(repr(expr), "expected a string like 'p95<500ms'")
     if not expr.strip():
         raise ThresholdError(expr, "empty threshold (expected e.g. 'p95<500ms' or 'errors==0')")
-    metric, endpoint, pos = _metric_and_endpoint(expr, "threshold", allowed)
+    metric, endpoint, pos = _metric_and_endpoint(expr, "threshold", allowed, scope)
     m = _OP_TOKEN.match(expr, pos)
     if m is None:
         bad = _BAD_OP.match(expr, pos)
@@ -487,7 +457,7 @@ def parse_threshold(expr: str, *, allowed: Collection[str] | None = None) -> Thr
     q = _quantity(expr, value_start, "threshold", metric)
     span = (value_start, len(expr.rstrip()))
     dimension = _check_dimension(expr, metric, q, span, "threshold")
-    if q.value < 0 and metric not in _SIGNED_METRICS:
+    if q.value < 0 and not _declared(metric).signed:
         raise ThresholdError(expr, f"a negative limit makes no sense for {metric}", span)
     return Threshold(expr.strip(), metric, endpoint, op, q.value, dimension)
 
@@ -500,12 +470,12 @@ def _as_op(text: str) -> Op:
 
 
 def parse_thresholds(
-    exprs: Iterable[str] | str, *, allowed: Collection[str] | None = None
+    exprs: Iterable[str] | str, *, allowed: Collection[str] | None = None, scope: Scope = "test"
 ) -> list[Threshold]:
     """Parse many thresholds; a single string is one threshold (not its characters)."""
     if isinstance(exprs, str):
-        return [parse_threshold(exprs, allowed=allowed)]
-    return [parse_threshold(e, allowed=allowed) for e in exprs]
+        return [parse_threshold(exprs, allowed=allowed, scope=scope)]
+    return [parse_threshold(e, allowed=allowed, scope=scope) for e in exprs]
 
 
 def evaluate(
@@ -641,13 +611,13 @@ def parse_compare(expr: str, *, allowed: Collection[str] | None = None) -> Compa
         raise ThresholdError(repr(expr), "expected a string like 'p95:+10%'", kind=kind)
     if not expr.strip():
         raise ThresholdError(expr, "empty comparison (expected e.g. 'p95:+10%')", kind=kind)
-    metric, endpoint, pos = _metric_and_endpoint(expr, kind, allowed)
+    metric, endpoint, pos = _metric_and_endpoint(expr, kind, allowed, "test")
     if pos >= len(expr) or expr[pos] != ":":
         raise ThresholdError(
             expr, "expected ':' then a tolerance, like p95:+10% or rps:-10%", (pos, pos + 1), kind
         )
     pos = _skip(expr, pos + 1)
-    direction: Literal[1, -1] = -1 if metric in _WORSE_WHEN_LOWER else 1
+    direction: Literal[1, -1] = -1 if _declared(metric).higher_is_better else 1
     if pos < len(expr) and expr[pos] in "+-":
         direction = 1 if expr[pos] == "+" else -1
         pos = _skip(expr, pos + 1)

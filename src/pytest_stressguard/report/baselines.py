@@ -3,38 +3,30 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_stressguard.core.records import Record
 from pytest_stressguard.core.thresholds import format_metric_value
+from pytest_stressguard.report.files import atomic_write
 from pytest_stressguard.settings import Settings
-
-# Figures compared per test, read from a test entry of the JSON report (canonical units).
-_FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "p50": lambda t: _ms(t, "p50"),
-    "p90": lambda t: _ms(t, "p90"),
-    "p95": lambda t: _ms(t, "p95"),
-    "p99": lambda t: _ms(t, "p99"),
-    "mean": lambda t: _ms(t, "mean"),
-    "max": lambda t: _ms(t, "max"),
-    "rps": lambda t: t.get("rps"),
-    "error_rate": lambda t: t.get("error_rate"),
-    "capacity": lambda t: (t.get("stress") or {}).get("capacity"),
-    "leak": lambda t: (t.get("soak") or {}).get("leak_bytes_per_h"),
-    "peak_rss": lambda t: (t.get("soak") or {}).get("peak_rss"),
-}
 
 
 class BaselineError(Exception):
     pass
 
 
-def _ms(test: dict[str, Any], key: str) -> float | None:
-    value = (test.get("latency_ms") or {}).get(key)
-    return None if value is None else float(value) / 1000.0
+def compared(record: Record) -> list[str]:
+    """The metrics a comparison shows for an entry: its kind's baseline figures (and those of the
+    pool figures it carries); a --stressguard-compare-fail rule adds its own."""
+    from pytest_stressguard.kinds import KINDS
+
+    names = list(KINDS[record["kind"]].baseline_metrics) if record.get("kind") in KINDS else []
+    if "pool" in record:
+        names += KINDS["pool"].baseline_metrics
+    return names
 
 
 def directory(config: pytest.Config, settings: Settings) -> Path:
@@ -49,14 +41,12 @@ def _safe(name: str) -> str:
 
 
 def save(config: pytest.Config, settings: Settings, document: dict[str, Any]) -> Path:
-    from pytest_stressguard.report.outputs import atomic_write
-
     path = directory(config, settings) / f"{_safe(settings.save or '')}.json"
-    figures = {t["nodeid"]: {k: f(t) for k, f in _FIGURES.items()}
-               for t in document["tests"] if t.get("nodeid")}
+    # every metric the entry measured: a later rule may compare any of them
+    tests = {t["nodeid"]: dict(t.get("metrics", {})) for t in document["tests"] if t.get("nodeid")}
     atomic_write(path, json.dumps({"schema": "pytest-stressguard-baseline/1",
                                    "machine": document["machine"], "commit": document["commit"],
-                                   "created": document["created"], "tests": figures}, indent=1))
+                                   "created": document["created"], "tests": tests}, indent=1))
     return path
 
 
@@ -74,22 +64,19 @@ def load(config: pytest.Config, settings: Settings, name: str) -> dict[str, Any]
 
 
 def compare(config: pytest.Config, settings: Settings,
-            records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+            records: list[Record]) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of the comparison table, and one line per regression past a compare-fail rule."""
     base = load(config, settings, settings.compare or "")["tests"]
     rules = {r.metric: r for r in settings.compare_fail}
-    shown = set(rules) | {"p95", "rps"}
     rows: list[dict[str, Any]] = []
     regressions: list[str] = []
     for record in records:
         before = base.get(record.get("nodeid"))
         if not before:
             continue
-        for metric in sorted(shown):
-            getter = _FIGURES.get(metric)
-            if getter is None:
-                continue
-            now, then = getter(record), before.get(metric)
+        now_figures = record.get("metrics", {})
+        for metric in sorted(set(rules) | set(compared(record))):
+            now, then = now_figures.get(metric), before.get(metric)
             if now is None or then is None:
                 continue
             change = (now - then) / then if then else 0.0

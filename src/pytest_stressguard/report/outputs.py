@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import html
+import io
 import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_stressguard.report.files import atomic_write
 from pytest_stressguard.session import SessionOutcome
 from pytest_stressguard.settings import Settings
 from pytest_stressguard.store import SessionStore
@@ -44,19 +45,6 @@ def commit_info(rootdir: Path) -> dict[str, Any]:
 
     return {"id": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_document(config: pytest.Config, store: SessionStore, outcome: SessionOutcome | None,
@@ -90,30 +78,32 @@ def build_document(config: pytest.Config, store: SessionStore, outcome: SessionO
 
 
 def write_csv(directory: Path, store: SessionStore) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    load_rows = []
-    memory_rows = []
+    """One CSV file per kind of row (``load_timeline.csv``, ``memory.csv``...), each row naming
+    its test; the rows come from each entry's kind."""
+    from pytest_stressguard.kinds import KINDS
+
+    files: dict[str, list[dict[str, object]]] = {}
     for record in store.records:
-        for row in record.get("timeline", []):
-            load_rows.append({"nodeid": record["nodeid"], **row})
-        for t, rss in (record.get("soak") or {}).get("memory", []):
-            memory_rows.append({"nodeid": record["nodeid"], "pid": "self", "t": t, "rss": rss})
-        for pid, series in ((record.get("soak") or {}).get("watched_memory") or {}).items():
-            for t, rss in series:
-                memory_rows.append({"nodeid": record["nodeid"], "pid": pid, "t": t, "rss": rss})
+        owners = [KINDS[record["kind"]]] if record.get("kind") in KINDS else []
+        if "pool" in record and record.get("kind") != "pool":
+            owners.append(KINDS["pool"])
+        for kind in owners:
+            for name, rows in kind.csv_rows(record).items():
+                files.setdefault(name, []).extend(rows)
+    memory = files.setdefault("memory", [])
     for proc in store.processes.values():
-        for t, rss in proc.series:
-            memory_rows.append({"nodeid": "(session)", "pid": proc.worker, "t": t, "rss": rss})
-    for name, rows in (("load_timeline.csv", load_rows), ("memory.csv", memory_rows)):
+        memory += [{"nodeid": "(session)", "pid": proc.worker, "t": t, "rss": rss}
+                   for t, rss in proc.series]
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
         if not rows:
             continue
         fields = list(dict.fromkeys(k for row in rows for k in row))
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, directory / name)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(directory / f"{name}.csv", buffer.getvalue())
 
 
 def render_html(document: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ def trend_rows(store: SessionStore) -> list[dict[str, Any]]:
         kind = store.failure_kinds.get(point.nodeid) if outcome == "failed" else None
         records.append(RepetitionRecord(point.nodeid, outcome, kind, base, index,
                                         store.repeat_count))
-    for record in store.by_kind("concurrent"):
+    for record in (r for r in store.records if r.get("kind") == "concurrent"):
         if int(record["concurrent"].get("rounds", 1)) > 1 and store.repeat_count < 2:
             records += records_from_rounds(record["nodeid"], record["concurrent"])
     stats = aggregate(records, min_runs=2)
