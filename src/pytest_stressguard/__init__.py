@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(profiles, name)
     if name == "LoadResult":
-        from pytest_stressguard.core.engine import LoadResult
+        from pytest_stressguard.core.result import LoadResult
 
         return LoadResult
     raise AttributeError(f"module 'pytest_stressguard' has no attribute {name!r}")

@@ -33,25 +33,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .async_runner import AsyncRunner
-from .loadspec import LoadSpec, Stage, StageKind, default_max_users
-from .result import LoadInterrupted, LoadResult, Progress, Saturation, TimelineRow
+from .loadspec import LoadSpec
+from .result import LoadResult, Progress
 from .run import Run
 from .stats import error_key
 from .sync_runner import SyncRunner
 
-# The data types are re-exported until the pytest side imports them from their own modules.
-__all__ = [
-    "Engine",
-    "LoadInterrupted",
-    "LoadResult",
-    "LoadSpec",
-    "Progress",
-    "Saturation",
-    "Stage",
-    "StageKind",
-    "TimelineRow",
-    "default_max_users",
-]
+__all__ = ["Engine"]
 
 
 class Engine:

@@ -111,3 +111,26 @@ def producers() -> tuple[tuple[str, tuple[Metric, ...]], ...]:
         module, _, attr = where.partition(":")
         out.append((where, tuple(getattr(importlib.import_module(module), attr))))
     return tuple(out)
+
+
+_UNIT_TEXT = {"time": "us ms s m h", "size": "B KB MB GB KiB MiB GiB", "ratio": "% or a fraction",
+              "rate": "/s /min", "size_rate": "KB/h MB/h GB/h", "number": "a count"}
+
+
+def markdown_table() -> str:
+    """The metrics table of docs/thresholds.md, from the declarations (a test keeps it current)."""
+    rows = ["| metric | where | written in | better | per endpoint | meaning |",
+            "|---|---|---|---|---|---|"]
+    scopes: tuple[tuple[Scope, str], ...] = (("test", "sla, checks"),
+                                             ("session", "--stressguard-gate"))
+    for scope, where in scopes:
+        for m in declared(scope).values():
+            units = " or ".join(_UNIT_TEXT[d] for d in (m.dimension, *m.also))
+            better = "higher" if m.higher_is_better else "lower"
+            rows.append(f"| `{m.name}` | {where} | {units} | {better} | "
+                        f"{'yes' if m.per_endpoint else ''} | {m.meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

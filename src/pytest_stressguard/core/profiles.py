@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .engine import Stage, StageKind
+from .loadspec import Stage, StageKind
 from .units import UnitsError, parse_duration, parse_rate
 
 __all__ = ["StageTarget", "UserStage", "parse_stages", "ramp", "spike"]

@@ -56,9 +56,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from .allocs import AllocationTracker, AllocSite
-from .engine import Engine, LoadResult, LoadSpec
+from .engine import Engine
+from .loadspec import LoadSpec
 from .metrics import Metric
 from .monitor import ResourceMonitor
+from .result import LoadResult
 from .thresholds import Threshold, ThresholdResult, evaluate
 from .trends import LeakEstimate, drift, estimate_leak, is_leak, median
 from .units import format_duration, format_ratio, format_size, format_size_rate

@@ -154,4 +154,4 @@ def result_metrics(result: LoadResult, thresholds: Sequence[Threshold]) -> dict[
 
 
 def endpoint_metrics(result: LoadResult) -> dict[str, dict[str, float | None]]:
-    return {name: ep.metrics() for name, ep in result.endpoints.items()}
+    return result.endpoint_metrics()

@@ -33,7 +33,8 @@ class PoolKind:
 def pool_record(report: Any) -> Record:
     """The entry of a test's pool figures (joins its load/stress/soak entry when it has one)."""
     pool = report.to_dict()
-    return cast(Record, {"kind": "pool", "pool": pool, "metrics": dict(pool["metrics"])})
+    return cast(Record, {"kind": "pool", "pool": pool, "metrics": dict(pool["metrics"]),
+                          "thresholds": []})
 
 
 KIND = PoolKind()
