@@ -19,7 +19,6 @@ from pytest_stressguard.core.engine import Engine
 from pytest_stressguard.core.http import HttpClient, Response
 from pytest_stressguard.core.loadspec import LoadSpec
 from pytest_stressguard.core.monitor import ResourceMonitor
-from pytest_stressguard.core.pool import PoolProbe
 from pytest_stressguard.core.result import LoadResult
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult, parse_thresholds
 from pytest_stressguard.hooks import keep
@@ -151,30 +150,6 @@ def run_id(config: pytest.Config) -> str:
     if workerinput and workerinput.get("testrunuid"):
         return str(workerinput["testrunuid"])
     return f"solo-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-class ProbeFixture(PoolProbe):
-    """db_pool_probe: the core probe, with the session DSN by default and pytest verdicts."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        super().__init__(request.node.nodeid)
-        self._request = request
-
-    def pool(self, dsn: str | None = None, **kwargs: Any) -> Any:
-        if dsn is None and self.dsn is None:
-            self.dsn = str(self._request.getfixturevalue("stressguard_dsn"))
-        return super().pool(dsn, **kwargs)
-
-    def check(self, exprs: Iterable[str] | str) -> list[ThresholdResult]:
-        """Evaluate pool thresholds now; a violation fails the test with every value."""
-        try:
-            results = super().check(exprs)
-        except ThresholdError as exc:
-            raise pytest.UsageError(f"db_pool_probe.check: {exc}") from None
-        verdict = Verdict("pool", tuple(results))
-        if not verdict.ok:
-            pytest.fail(verdict.long_repr(self.name) + "\n\n" + verdict.section(), pytrace=False)
-        return results
 
 
 class MonitorFixture(ResourceMonitor):

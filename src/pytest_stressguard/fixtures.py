@@ -1,7 +1,12 @@
-"""Fixtures: thin, and cheap until used (their objects live in adapters.py, imported lazily)."""
+"""Fixtures: thin, and cheap until used (their objects live in adapters.py, imported lazily).
+
+The database fixtures need the `postgres` extra; without it they fail with one line naming it,
+since the base install (what @load on a plain function needs) does not bring a driver.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -9,8 +14,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_stressguard.adapters import LoadRunner, LoopHttp, MonitorFixture, ProbeFixture
+    from pytest_stressguard.adapters import LoadRunner, LoopHttp, MonitorFixture
     from pytest_stressguard.core.files import UploadFileFactory
+    from pytest_stressguard.pool_fixture import ProbeFixture
+
+
+def require_extra(fixture: str, extra: str, *modules: str) -> None:
+    """Fail the test in one line when a module of ``extra`` is not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"{fixture} needs {', '.join(missing)}, which the base install does not "
+                    f"bring: pip install 'pytest-stressguard[{extra}]'", pytrace=False)
 
 
 @pytest.fixture
@@ -52,6 +66,7 @@ def stressguard_http(request: pytest.FixtureRequest) -> Iterator[LoopHttp]:
 def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     """The PostgreSQL DSN: --stressguard-dsn, env STRESSGUARD_DSN, DATABASE_URL, else an embedded
     throw-away server started once per run (shared by xdist workers) and stopped at the end."""
+    require_extra("stressguard_dsn", "postgres", "psycopg")
     from pytest_stressguard.adapters import run_id, settings_of
     from pytest_stressguard.core import pgembed
 
@@ -81,9 +96,10 @@ def db_pool_probe(request: pytest.FixtureRequest) -> Iterator[ProbeFixture]:
     """Observe psycopg pools: `pool(max_size=20)` makes an instrumented ConnectionPool on
     stressguard_dsn, `watch(pool)` instruments yours; `server()`, `metrics()`, `check([...])`.
     Connections never returned fail the test at teardown, naming where they were taken."""
-    from pytest_stressguard.adapters import ProbeFixture
+    require_extra("db_pool_probe", "postgres", "psycopg", "psycopg_pool")
     from pytest_stressguard.hooks import keep
     from pytest_stressguard.kinds.pool import pool_record
+    from pytest_stressguard.pool_fixture import ProbeFixture
     from pytest_stressguard.verdict import Verdict
 
     probe = ProbeFixture(request)

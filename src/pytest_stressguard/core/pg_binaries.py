@@ -61,8 +61,9 @@ def find_postgres_bin(explicit: Path | str | None = None) -> Path:
     looked = ", ".join(str(c) for c in candidates) or "nowhere"
     raise EmbeddedPostgresError(
         "no PostgreSQL binaries found for the embedded server (looked in "
-        f"{looked}); install the 'pgserver' package, or point the tests at a server with "
-        "--stressguard-dsn / STRESSGUARD_DSN / DATABASE_URL"
+        f"{looked}); install the postgres extra (pip install 'pytest-stressguard[postgres]' "
+        "brings pgserver), or point the tests at a server with --stressguard-dsn / "
+        "STRESSGUARD_DSN / DATABASE_URL"
     )
 
 
