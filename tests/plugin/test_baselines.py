@@ -49,3 +49,27 @@ def test_unchanged_run_passes_and_missing_baseline_is_clear(pytester: pytest.Pyt
     missing = pytester.runpytest("--stressguard-compare=nope", f"--stressguard-dir={base}")
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
     missing.stdout.fnmatch_lines(["*baseline 'nope' not found*(known: main)*"])
+
+
+@pytest.mark.parametrize(("content", "field"), [
+    ("{}", "schema"),
+    ("[]", "(top level)"),
+    ('"main"', "(top level)"),
+    ('{"schema": "pytest-stressguard-baseline/1", "tests": []}', "tests"),
+    ('{"schema": "pytest-stressguard-baseline/1", "tests": {"t.py::x": 3}}', "tests/t.py::x"),
+    ('{"schema": "pytest-stressguard-baseline/1", "tests": {"test_api.py::test_api": '
+     '{"p95": "fast"}}}', "tests/test_api.py::test_api/p95"),
+    ('{"schema": "pytest-stressguard-baseline/2", "tests": {}}', "schema"),
+])
+def test_a_baseline_of_the_wrong_shape_is_refused_with_its_file_and_field(
+        pytester: pytest.Pytester, content: str, field: str) -> None:
+    pytester.makepyfile(test_api=SUITE)
+    base = pytester.path / "bl"
+    base.mkdir()
+    (base / "main.json").write_text(content)
+    result = pytester.runpytest("--stressguard-compare=main", f"--stressguard-dir={base}",
+                                "--stressguard-compare-fail=p95:+10%")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"*baseline 'main' at *main.json: field '{field}' must be*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
