@@ -184,7 +184,7 @@ class Row:
 
 def run_generator(
     name: str, cmd: list[str], parse: Callable[[str], Row], timeout: float, nginx_pid: int,
-    core: int | None,
+    core: int | None, env: dict[str, str] | None = None,
 ) -> Row:
     """Run one generator process pinned to ``core``; CPU from RUSAGE_CHILDREN deltas."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -193,7 +193,7 @@ def run_generator(
     try:
         out = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=pin(core),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env=env,
         )
     except subprocess.TimeoutExpired:
         return Row(name, None, None, None, note=f"timed out after {timeout:.0f}s")
@@ -416,7 +416,7 @@ def per_cpu(r: Row) -> float | None:
 def print_table(rows: list[Row], locust: Row | None) -> None:
     locust_rps = locust.rps if locust else None
     locust_eff = per_cpu(locust) if locust else None
-    head = (f"{'generator':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+    head = (f"{'generator':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
             f"{'gen CPU':>8} {'nginx CPU':>9} {'x Locust':>8} {'req/CPU-s':>10} {'x Locust':>8}")
     print(head)
     print("-" * len(head))
@@ -425,7 +425,7 @@ def print_table(rows: list[Row], locust: Row | None) -> None:
         eff = per_cpu(r)
         eff_ratio = eff / locust_eff if (eff and locust_eff) else None
         print(
-            f"{r.name:<26} {fmt(r.rps, ',.0f'):>9} {fmt(r.p50_ms, '.3f'):>8} "
+            f"{r.name:<34} {fmt(r.rps, ',.0f'):>9} {fmt(r.p50_ms, '.3f'):>8} "
             f"{fmt(r.p99_ms, '.3f'):>8} {r.errors:>7} "
             f"{fmt(None if r.client_cpu is None else r.client_cpu * 100, '.0f') + '%':>8} "
             f"{fmt(None if r.server_cpu is None else r.server_cpu * 100, '.0f') + '%':>9} "
@@ -444,12 +444,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run our client on uvloop and pyreqwest, when importable")
     ap.add_argument("--only", default=None,
                     help="comma list of generators: ours,locust,aiohttp,httpx,wrk")
+    ap.add_argument("--env-pad", default="0",
+                    help="comma list of byte counts: run our client once per size with an extra\n"
+                         "environment variable that long (the process's memory layout shifts;\n"
+                         "a client allocating per read flipped between two speeds with it) (0)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if not 1 <= a.users <= 10_000 or not 0 < a.duration <= 600:
         ap.error("--users must be 1..10000 and --duration 0..600 s")
+    try:
+        pads = [int(x) for x in a.env_pad.split(",")]
+    except ValueError:
+        ap.error(f"--env-pad must be a comma list of byte counts, got {a.env_pad!r}")
+    if not all(0 <= n <= 1_000_000 for n in pads):
+        ap.error("--env-pad sizes must be 0..1000000 bytes")
 
     if a.worker:  # child process: one generator
         if a.worker == "ours-uvloop":
@@ -514,12 +524,23 @@ def main(argv: list[str] | None = None) -> int:
         for key, name, cmd, parse in plan:
             if key not in only:
                 continue
-            print(f"  running {name} ...", flush=True)
-            rows.append(run_generator(name, cmd, parse, limit, npid, client_core))
+            for pad in pads if key == "ours" else [0]:
+                label = name if len(pads) == 1 or key != "ours" else f"{name} env+{pad}"
+                print(f"  running {label} ...", flush=True)
+                env = dict(os.environ, SG_BENCH_PAD=" " * pad) if pad else None
+                rows.append(run_generator(label, cmd, parse, limit, npid, client_core, env))
         locust_row = next((r for r in rows if r.name.startswith("Locust")), None)
         print()
         print_table(rows, locust_row)
-        ours = next((r for r in rows if r.name == "stressguard HttpClient"), None)
+        runs = sorted((r for r in rows if r.name.startswith("stressguard HttpClient")),
+                      key=lambda r: r.rps or 0.0)
+        ours = runs[len(runs) // 2] if runs else None  # the median run
+        if len(runs) > 1:
+            for what, fig in (("requests/s", lambda r: r.rps), ("requests/CPU-s", per_cpu)):
+                vals = sorted(v for v in map(fig, runs) if v)
+                if vals:
+                    print(f"stressguard over {len(runs)} env sizes, {what} min/median/max: "
+                          f"{vals[0]:,.0f} / {vals[len(vals) // 2]:,.0f} / {vals[-1]:,.0f}")
         if ours and locust_row:
             for what, mine, theirs in (
                 ("requests/s", ours.rps, locust_row.rps),

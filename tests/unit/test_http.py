@@ -252,6 +252,24 @@ async def test_head_has_no_body_and_large_download() -> None:
         assert c.connections_opened == 1
 
 
+async def test_concurrent_large_bodies_share_one_read_buffer() -> None:
+    """The pool's connections read into one buffer: each read must be parsed before the next."""
+
+    async def handler(srv: Server, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while (req := await read_request(srv, r)) is not None:
+            n = int(req[1].rsplit("/", 1)[1])
+            raw = response(200, bytes([n]) * (300_000 + n))
+            for i in range(0, len(raw), 70_000):  # interleaved with the other connections
+                w.write(raw[i : i + 70_000])
+                await w.drain()
+                await asyncio.sleep(0)
+
+    async with serve(handler) as srv, HttpClient(srv.url) as c:
+        rs = await asyncio.gather(*(c.get(f"/big/{n}") for n in range(8)))
+        assert [r.body == bytes([n]) * (300_000 + n) for n, r in enumerate(rs)] == [True] * 8
+        assert c.connections_opened == 8
+
+
 async def test_keep_alive_reuse() -> None:
     async with serve(echo_handler) as srv, HttpClient(srv.url) as c:
         for i in range(20):
