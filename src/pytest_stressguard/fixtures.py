@@ -70,9 +70,14 @@ def stressguard_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     from pytest_stressguard.adapters import run_id, settings_of
     from pytest_stressguard.core import pgembed
 
-    settings = settings_of(request.config)
-    dsn = pgembed.resolve_dsn(settings.dsn, os.environ)
+    # a Dsn: a str whose repr (in tracebacks, as the argument of a test) hides the password;
+    # no local holds the settings, whose repr shows the raw --stressguard-dsn
+    dsn = pgembed.resolve_dsn(settings_of(request.config).dsn, os.environ)
     if dsn is not None:
+        problem = pgembed.dsn_problem(dsn)
+        if problem is not None:
+            pytest.fail(f"stressguard_dsn: {pgembed.redact_dsn(dsn)} is not a valid DSN: "
+                        f"{problem}", pytrace=False)
         try:  # a wrong DSN fails here, once, with the reason, not in every test
             pgembed.wait_for_dsn(dsn, timeout=10)
         except pgembed.DatabaseUnavailable as exc:

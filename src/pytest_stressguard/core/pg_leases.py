@@ -2,6 +2,10 @@
 
 Every run has a directory ``<base_dir>/<run_id>/`` with a ``lock`` file and ``leases/`` (one JSON
 file per lease); ``pgembed.py`` describes the sharing protocol built on them.
+
+A run directory holds the server's password, so nobody but us may enter the base directory: it
+is ours and 0700, or as root (when the server runs as another OS user, who must reach its data
+directory) 0710 with that user's group.
 """
 
 from __future__ import annotations
@@ -12,20 +16,22 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from .pg_binaries import EmbeddedPostgresError
+from .pg_binaries import EmbeddedPostgresError, OsUser, pg_os_user, unreachable_dir
 
 __all__ = [
     "RunLock",
     "default_base_dir",
     "ensure_base",
     "live_leases",
+    "pick_base_dir",
     "process_start_time",
     "remove_run_dir",
     "require_fcntl",
@@ -33,10 +39,42 @@ __all__ = [
 ]
 
 
+def _base_name() -> str:
+    return f"stressguard-pg-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
 def default_base_dir() -> Path:
-    """``<tmp>/stressguard-pg-<uid>``: short (socket paths), per user, on a local filesystem."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"stressguard-pg-{uid}"
+    """``<tmp>/stressguard-pg-<uid>``: short, per user, on a local filesystem.
+
+    As root, the first of the temp dir, ``/tmp`` and ``/var/tmp`` that the server's OS user can
+    traverse (a ``TMPDIR`` under root's 0700 home is not); when none is, the temp dir's, and
+    :func:`ensure_base` says why it cannot be used. Every process of a run computes the same.
+    """
+    tmp = Path(tempfile.gettempdir())
+    try:
+        user = pg_os_user()
+        if user is not None:
+            return pick_base_dir([tmp, Path("/tmp"), Path("/var/tmp")], user)
+    except EmbeddedPostgresError:
+        pass
+    return tmp / _base_name()
+
+
+def pick_base_dir(roots: Sequence[Path], user: OsUser) -> Path:
+    """``<root>/stressguard-pg-<uid>`` for the first of ``roots`` that ``user`` can traverse."""
+    why = []
+    for root in roots:
+        blocker = unreachable_dir(root, user)
+        if blocker is None:
+            return root / _base_name()
+        why.append(f"{blocker} is not traversable by others "
+                   f"(mode {oct(stat.S_IMODE(blocker.stat().st_mode))})")
+    raise EmbeddedPostgresError(
+        f"PostgreSQL refuses to run as root, so it runs as {user.name!r}, which cannot reach a "
+        f"data directory in any of {', '.join(map(str, roots))}: {'; '.join(why)}. Set TMPDIR "
+        "to a directory every user can traverse, or point the tests at a server with "
+        "--stressguard-dsn / STRESSGUARD_DSN."
+    )
 
 
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -65,10 +103,21 @@ def remove_run_dir(run_dir: Path) -> None:
 
 
 def ensure_base(base: Path) -> None:
-    base.mkdir(mode=0o711, parents=True, exist_ok=True)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        # the pgserver user must be able to traverse to its data directory
-        base.chmod(base.stat().st_mode | 0o011)
+    """Create ``base`` (or check it) as a directory of ours that nobody else may enter, except
+    (as root) the server's OS user, who must traverse it to its data directory."""
+    user = pg_os_user()
+    if user is not None:
+        pick_base_dir([base.parent], user)  # raises when that user could not reach it
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = base.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise EmbeddedPostgresError(
+            f"{base} is not a directory of ours (owner uid {st.st_uid}): it would hold the "
+            "embedded PostgreSQL's password; remove it, or set TMPDIR elsewhere"
+        )
+    if user is not None:
+        os.chown(base, -1, user.gid)
+    base.chmod(0o700 if user is None else 0o710)
 
 
 def require_fcntl() -> Any:
@@ -102,7 +151,9 @@ class RunLock:
         deadline = time.monotonic() + self.timeout
         while True:
             if self.create:
-                self.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+                ensure_base(self.run_dir.parent)  # again: the last leaver of a run removes it
+                with contextlib.suppress(FileNotFoundError):  # ... maybe just now: retry
+                    self.run_dir.mkdir(mode=0o700, exist_ok=True)
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             except FileNotFoundError:

@@ -4,6 +4,10 @@ The server listens on 127.0.0.1 on a free port (TCP only, so the DSN is an ordin
 driver and ORM understands), with durability switched off (it is thrown away) and
 ``max_connections`` raised so that several workers with a pool each fit. As root it runs as the
 unprivileged user of ``pg_binaries.py``.
+
+Its superuser has a random password (scram-sha-256): on 127.0.0.1 any local user could
+otherwise connect as superuser and, with ``COPY ... TO PROGRAM``, run programs as the server's OS
+user. The password is in the DSN, kept in files only we can read (``password``, ``server.json``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,8 +33,7 @@ from .pg_binaries import (
     run_tool,
     usable_bin_dir,
 )
-from .pg_dsn import DatabaseUnavailable, wait_for_dsn
-from .pg_leases import default_base_dir
+from .pg_dsn import DatabaseUnavailable, Dsn, wait_for_dsn
 
 __all__ = ["DEFAULT_SETTINGS", "EmbeddedPostgres", "ServerInfo"]
 
@@ -48,7 +52,7 @@ DEFAULT_SETTINGS: Final[Mapping[str, str]] = {
 class ServerInfo:
     """Where a running embedded server is (plain data, also stored as ``server.json``)."""
 
-    dsn: str
+    dsn: Dsn
     host: str
     port: int
     pid: int
@@ -68,7 +72,7 @@ class ServerInfo:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerInfo:
         return cls(
-            dsn=str(d["dsn"]), host=str(d["host"]), port=int(d["port"]), pid=int(d["pid"]),
+            dsn=Dsn(d["dsn"]), host=str(d["host"]), port=int(d["port"]), pid=int(d["pid"]),
             version=str(d.get("version", "")), data_dir=str(d["data_dir"]),
             log_path=str(d["log_path"]), started_at=float(d["started_at"]),
             started_by=int(d["started_by"]),
@@ -109,6 +113,7 @@ class EmbeddedPostgres:
         self.data_dir = self.run_dir / "data"
         self.log_path = self.run_dir / "postgres.log"
         self.info_path = self.run_dir / "server.json"
+        self.password_path = self.run_dir / "password"
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self.max_connections = max_connections
         self.settings = dict(settings or {})
@@ -122,7 +127,7 @@ class EmbeddedPostgres:
             return None
 
     @property
-    def dsn(self) -> str | None:
+    def dsn(self) -> Dsn | None:
         info = self.info()
         return info.dsn if info else None
 
@@ -167,7 +172,7 @@ class EmbeddedPostgres:
         bin_dir = usable_bin_dir(
             self._bin_dir or find_postgres_bin(), user, self.run_dir.parent
         )
-        if not (self.data_dir / "PG_VERSION").exists():
+        if not (self.data_dir / "PG_VERSION").exists() or not self.password_path.exists():
             self._initdb(bin_dir, user, deadline)
         last_error = ""
         for _attempt in range(3):
@@ -200,37 +205,29 @@ class EmbeddedPostgres:
         if user is not None:
             os.chown(path, user.uid, user.gid)
 
-    def _check_reachable(self, user: OsUser | None) -> None:
-        """As root, PostgreSQL runs as another user who must be able to reach the data dir."""
-        if user is None:
-            return
-        for p in self.data_dir.resolve().parents:
-            st = p.stat()
-            if st.st_uid == user.uid:
-                ok = bool(st.st_mode & 0o100)
-            elif st.st_gid == user.gid:
-                ok = bool(st.st_mode & 0o010)
-            else:
-                ok = bool(st.st_mode & 0o001)
-            if not ok:
-                raise EmbeddedPostgresError(
-                    f"PostgreSQL refuses to run as root, so it runs as {user.name!r}, which "
-                    f"cannot reach {self.data_dir}: {p} is not traversable by others (mode "
-                    f"{oct(st.st_mode & 0o777)}). Use a base directory under a world-traversable "
-                    f"one (the default {default_base_dir()} is), or set STRESSGUARD_DSN."
-                )
-
     def _initdb(self, bin_dir: Path, user: OsUser | None, deadline: float) -> None:
-        self._check_reachable(user)
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made data dir
-        self.run_dir.chmod(0o711)
+        if user is not None:  # the server's user traverses to its data dir; nobody else may
+            os.chown(self.run_dir, -1, user.gid)
+        self.run_dir.chmod(0o700 if user is None else 0o710)
         self._prepare_dir(self.data_dir, user)
+        self.password_path.unlink(missing_ok=True)
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")  # URL-safe: no quoting in the DSN
         cmd = [
             str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+            "--auth=scram-sha-256", f"--pwfile={self.password_path}", "--encoding=UTF8",
+            "--locale=C", "--no-sync",
         ]
-        proc = run_tool(cmd, user=user, timeout=deadline - time.monotonic(), cwd=self.run_dir)
+        try:
+            if user is not None:  # initdb reads it as the server's user
+                os.chown(self.password_path, user.uid, user.gid)
+            proc = run_tool(cmd, user=user, timeout=deadline - time.monotonic(), cwd=self.run_dir)
+        finally:  # then it is ours alone again
+            if user is not None:
+                os.chown(self.password_path, os.geteuid(), os.getegid())
         if proc.returncode != 0:
             output = proc.stdout.strip()[-2000:]
             raise self._error(f"initdb exited with {proc.returncode}: {output}")
@@ -268,14 +265,17 @@ class EmbeddedPostgres:
             version = (self.data_dir / "PG_VERSION").read_text().strip()
         except OSError:
             version = ""
+        password = self.password_path.read_text().strip()
         info = ServerInfo(
-            dsn=f"postgresql://postgres@127.0.0.1:{port}/postgres",
+            dsn=Dsn(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"),
             host="127.0.0.1", port=port, pid=pid, version=version,
             data_dir=str(self.data_dir), log_path=str(self.log_path),
             started_at=time.time(), started_by=os.getpid(),
         )
         tmp = self.info_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info.to_dict()))
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(json.dumps(info.to_dict()))
         os.replace(tmp, self.info_path)
         return info
 
@@ -283,28 +283,28 @@ class EmbeddedPostgres:
     def stop(self, timeout: float = 30.0, *, mode: str = "fast") -> bool:
         """Stop the server (``mode``: ``fast``, ``immediate`` = crash-like, ``smart``).
 
-        Falls back to signals when ``pg_ctl`` is unavailable or does not finish in ``timeout``.
-        Returns whether a server was running. Never raises for an already stopped server.
+        Signals the postmaster as ``pg_ctl stop`` does (so no binaries are needed: a watchdog or
+        a sweep can stop a server whose installation is gone), waits up to ``timeout`` seconds,
+        then kills it and its children. Returns whether a server was running.
         """
+        if mode not in _STOP_SIGNALS:
+            raise ValueError(f"mode must be fast, immediate or smart, got {mode!r}")
         pid = self.postmaster_pid()
         if pid is None:
             return False
-        if mode not in ("fast", "immediate", "smart"):
-            raise ValueError(f"mode must be fast, immediate or smart, got {mode!r}")
-        try:
-            bin_dir = self._bin_dir or find_postgres_bin()
-            user = pg_os_user()
-            bin_dir = usable_bin_dir(bin_dir, user, self.run_dir.parent)
-            run_tool(
-                [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
-                 "-t", str(max(1, int(timeout))), "stop"],
-                user=user, timeout=timeout + 5, cwd=self.run_dir,
-            )
-        except (EmbeddedPostgresError, OSError):
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, _STOP_SIGNALS[mode])
+        deadline = time.monotonic() + timeout
+        while self.postmaster_pid() == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.postmaster_pid() is not None:
             _kill_tree(pid)
         return True
+
+
+#: What pg_ctl sends for each shutdown mode.
+_STOP_SIGNALS: Final = {"smart": signal.SIGTERM, "fast": signal.SIGINT,
+                        "immediate": signal.SIGQUIT}
 
 
 def _kill_tree(pid: int) -> None:

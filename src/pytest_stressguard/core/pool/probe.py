@@ -7,6 +7,11 @@ what their connections do (:mod:`.tracker`), and reports the figures declared in
 ``exhaust_and_recover()`` runs the scenario of :mod:`.recovery`. ``finish()`` restores every
 instance.
 
+DSNs are held as :class:`~..pg_dsn.Dsn` (a ``str`` whose repr hides the password) from the
+first line of every method that takes one: pytest shows the arguments and (``-l``) the locals of
+each frame of a traceback. Errors are raised outside ``except`` blocks with redacted messages,
+so no chained exception or ``exc`` local carries a password either.
+
 This module never imports pytest.
 """
 
@@ -24,7 +29,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from ..pgembed import redact_dsn
+from ..pg_dsn import Dsn, dsn_problem, passwords, redact_dsn, scrub
 from ..thresholds import ThresholdResult, evaluate, parse_thresholds
 from .instrument import AnyPool, remove_hook
 from .recovery import aexhaust_and_recover, exhaust_and_recover
@@ -60,12 +65,13 @@ class PoolProbe:
         max_samples: int = 2000,
         capture_stacks: bool = True,
     ) -> None:
+        dsn = None if dsn is None else Dsn(dsn)  # see the module's docstring
         if sample_interval <= 0:
             raise ValueError(f"sample_interval must be > 0, got {sample_interval!r}")
         if max_samples < 2:
             raise ValueError(f"max_samples must be >= 2, got {max_samples!r}")
         self.name = name
-        self.dsn = dsn
+        self.dsn: Dsn | None = dsn
         self.clock = clock
         self.sample_interval = sample_interval
         self.max_samples = max_samples
@@ -102,35 +108,35 @@ class PoolProbe:
         ``max_waiting``, ...). Waits up to ``open_timeout`` for ``min_size`` connections and
         raises ``PoolTimeout`` naming the last connection error if they do not come.
         """
+        dsn = Dsn(dsn) if dsn is not None else self.dsn
         self._check_not_finished()
-        target = dsn if dsn is not None else self.dsn
-        if target is None:
+        if dsn is None:
             raise ValueError("no DSN: pass pool(dsn) or PoolProbe(name, dsn=...)")
+        problem = dsn_problem(dsn)  # else psycopg_pool would retry it until open_timeout
+        if problem is not None:
+            raise psycopg.ProgrammingError(f"invalid DSN {redact_dsn(dsn)}: {problem}")
         app = self._new_app_name()
         conn_kwargs: dict[str, Any] = {"application_name": app, "connect_timeout": 5}
         conn_kwargs.update(kwargs or {})
         size_min = max_size if min_size is None else min_size
         pool_kwargs.setdefault("name", app)
         pool: ConnectionPool[Any] = ConnectionPool(
-            target, min_size=size_min, max_size=max_size, timeout=timeout, kwargs=conn_kwargs,
+            dsn, min_size=size_min, max_size=max_size, timeout=timeout, kwargs=conn_kwargs,
             open=False, **pool_kwargs,
         )
         self._attach(pool, owned=True, app_name=str(conn_kwargs["application_name"]),
-                     monitor_dsn=target)
+                     monitor_dsn=dsn)
         pool.open(wait=False)
-        if size_min > 0:
-            try:
-                pool.wait(timeout=open_timeout)
-            except PoolTimeout as exc:
-                self._tracker.forget(pool)
-                with contextlib.suppress(Exception):
-                    pool.close(timeout=5.0)
-                last = self._tracker.last_connect_error() or "no connection error was logged"
-                raise PoolTimeout(
-                    f"could not open {size_min} connection(s) to {redact_dsn(target)} within "
-                    f"{open_timeout:.1f}s: {last}"
-                ) from exc
-        return pool
+        if size_min <= 0 or _opened(pool, open_timeout):
+            return pool
+        self._tracker.forget(pool)
+        with contextlib.suppress(Exception):
+            pool.close(timeout=5.0)
+        last = self._tracker.last_connect_error() or "no connection error was logged"
+        raise PoolTimeout(
+            f"could not open {size_min} connection(s) to {redact_dsn(dsn)} within "
+            f"{open_timeout:.1f}s: {scrub(last, passwords(dsn))}"
+        )
 
     def watch(self, pool: _T, *, dsn: str | None = None) -> _T:
         """Instrument an existing ``ConnectionPool`` or ``AsyncConnectionPool``; returns it.
@@ -139,23 +145,16 @@ class PoolProbe:
         when the pool's own conninfo cannot be reused (e.g. a callable conninfo). The pool is
         restored (not closed) by :meth:`finish`.
         """
+        dsn = None if dsn is None else Dsn(dsn)
         self._check_not_finished()
         if not isinstance(pool, (ConnectionPool, AsyncConnectionPool)):
             raise TypeError(
                 f"watch() takes a psycopg_pool ConnectionPool or AsyncConnectionPool, "
                 f"got {type(pool).__name__}"
             )
-        app = None
         kw = pool.kwargs if isinstance(pool.kwargs, Mapping) else {}
-        if kw.get("application_name"):
-            app = str(kw["application_name"])
-        monitor = dsn
-        if monitor is None and isinstance(pool.conninfo, str):
-            extra = {k: v for k, v in kw.items() if k not in _NON_CONNINFO_KWARGS}
-            try:
-                monitor = make_conninfo(pool.conninfo, **extra)
-            except psycopg.ProgrammingError:
-                monitor = None
+        app = str(kw["application_name"]) if kw.get("application_name") else None
+        monitor = dsn if dsn is not None else _pool_dsn(pool)
         self._attach(cast(AnyPool, pool), owned=False, app_name=app, monitor_dsn=monitor)
         return pool
 
@@ -169,7 +168,7 @@ class PoolProbe:
             raise RuntimeError(f"probe {self.name!r} is finished")
 
     def _attach(
-        self, pool: AnyPool, *, owned: bool, app_name: str | None, monitor_dsn: str | None
+        self, pool: AnyPool, *, owned: bool, app_name: str | None, monitor_dsn: Dsn | None
     ) -> None:
         self._tracker.watch(pool, owned=owned, app_name=app_name)
         if monitor_dsn is not None:
@@ -342,3 +341,25 @@ class PoolProbe:
 
     def __repr__(self) -> str:
         return f"<PoolProbe {self.name!r} pools={len(self._tracker.watched)}>"
+
+
+def _opened(pool: ConnectionPool[Any], timeout: float) -> bool:
+    """Whether ``pool`` got its ``min_size`` connections within ``timeout`` seconds."""
+    try:
+        pool.wait(timeout=timeout)
+    except PoolTimeout:
+        return False
+    return True
+
+
+def _pool_dsn(pool: ConnectionPool[Any] | AsyncConnectionPool[Any]) -> Dsn | None:
+    """The DSN a watched pool connects with (its conninfo and connection parameters), or None
+    when it cannot be rebuilt (a callable conninfo, a malformed one)."""
+    if not isinstance(pool.conninfo, str):
+        return None
+    kw = pool.kwargs if isinstance(pool.kwargs, Mapping) else {}
+    extra = {k: v for k, v in kw.items() if k not in _NON_CONNINFO_KWARGS}
+    try:
+        return Dsn(make_conninfo(pool.conninfo, **extra))
+    except psycopg.ProgrammingError:
+        return None

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from ..pg_dsn import Dsn, passwords, scrub
 from .report import ServerSnapshot, _error_kind
 
 
@@ -19,11 +20,11 @@ class ServerMonitor:
     """One autocommit monitor connection to the database of a probe's pools."""
 
     def __init__(self) -> None:
-        self.dsn: str | None = None
+        self.dsn: Dsn | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._baseline: dict[str, int] | None = None
 
-    def start(self, dsn: str) -> None:
+    def start(self, dsn: Dsn) -> None:
         """Monitor ``dsn`` (the first one given wins); read the counters deltas start from."""
         if self.dsn is None:
             self.dsn = dsn
@@ -38,12 +39,16 @@ class ServerMonitor:
         except psycopg.Error as exc:
             self.close()
             if not had_conn:
-                return ServerSnapshot(t=t, error=_error_kind(exc))
+                return ServerSnapshot(t=t, error=self._error(exc))
         try:  # the old monitor connection may just have been cut: try a fresh one once
             return self._snapshot(t, apps, pids)
         except psycopg.Error as exc:
             self.close()
-            return ServerSnapshot(t=t, error=_error_kind(exc))
+            return ServerSnapshot(t=t, error=self._error(exc))
+
+    def _error(self, exc: BaseException) -> str:
+        # libpq quotes the bad token of a malformed DSN, which may be its password
+        return scrub(_error_kind(exc), passwords(self.dsn or ""))
 
     def close(self) -> None:
         if self._conn is not None:

@@ -21,6 +21,7 @@ import psycopg_pool
 from psycopg.pq import TransactionStatus
 
 from ..histogram import LatencyHistogram
+from ..pg_dsn import passwords, scrub
 from .instrument import AnyPool, PoolLogHandler, WatchedPool, pool_stats, remove_hook
 from .report import (
     DIRTY_KINDS,
@@ -341,11 +342,15 @@ class CheckoutTracker:
 
     def connect_error(self, pool_name: str, exc: object) -> None:
         with self._lock:
-            if not any(w.pool.name == pool_name for w in self.watched):
+            pools = [w.pool for w in self.watched if w.pool.name == pool_name]
+            if not pools:
                 return
-            self._count_kind(f"connection attempt failed: {_error_kind(exc)}"
-                             if isinstance(exc, BaseException) else
-                             f"connection attempt failed: {exc}")
+            text = _error_kind(exc) if isinstance(exc, BaseException) else str(exc)
+            # libpq quotes the bad token of a malformed DSN, which may be its password
+            secrets = passwords(pools[0].conninfo) if isinstance(pools[0].conninfo, str) else set()
+            if isinstance(pools[0].kwargs, Mapping) and pools[0].kwargs.get("password"):
+                secrets.add(str(pools[0].kwargs["password"]))
+            self._count_kind(f"connection attempt failed: {scrub(text, secrets)}")
 
     def last_connect_error(self) -> str | None:
         with self._lock:
