@@ -64,7 +64,7 @@ class EndpointDict(TypedDict):
     errors: int
     errors_by_kind: dict[str, int]
     latency_ms: dict[str, float | None]
-    histogram: str
+    histogram: HistogramDict
 
 
 class SaturationDict(TypedDict):
