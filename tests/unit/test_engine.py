@@ -479,7 +479,7 @@ def test_metrics_names_and_units() -> None:
 
 
 _LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p99.9", "mean", "min", "max"}
-_ENDPOINT_KEYS = {*_LATENCY_KEYS, "rps", "iterations", "errors", "error_rate"}
+_ENDPOINT_KEYS = {*_LATENCY_KEYS, "rps", "ok_rps", "iterations", "errors", "error_rate"}
 
 
 def test_endpoint_metrics_give_rps_over_the_measured_window() -> None:
@@ -502,7 +502,8 @@ def test_produced_metrics_are_the_declared_ones() -> None:
         assert any(m.matches(name) for m in LOAD_METRICS), name
     for metric in LOAD_METRICS:
         assert any(metric.matches(name) for name in produced), metric.name
-    per_endpoint = {"pNN", "mean", "min", "max", "rps", "iterations", "errors", "error_rate"}
+    per_endpoint = {"pNN", "mean", "min", "max", "rps", "ok_rps", "iterations", "errors",
+                    "error_rate"}
     assert {m.name for m in LOAD_METRICS if m.per_endpoint} == per_endpoint
 
 

@@ -3,23 +3,23 @@ the running event loop.
 
 The open-model scheduler sleeps on the event loop's timer, which rounds sleeps up to the next
 millisecond, so async arrivals start up to ~1 ms late and that lateness is (correctly) part of
-their latency. A lag ticker measures how late the loop wakes tasks up (see
-:class:`~pytest_stressguard.core.result.Saturation`).
+their latency. A lag ticker measures how late the loop wakes tasks up, and so how long the
+loop was blocked (see :class:`~pytest_stressguard.core.result.Saturation`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from .collector import MASK
-from .histogram import LatencyHistogram
+from .collector import MASK, Buffer
 from .loadspec import LoadSpec
-from .result import LOOP_LAG_SATURATION, LoadResult
-from .run import Outcome, Run, Waiter
+from .result import LoadResult
+from .run import LoopLag, Outcome, Run, Waiter
 from .schedule import Arrivals, closed_intervals
 from .stats import StatsRecorder, current_recorder
 
@@ -47,11 +47,10 @@ class AsyncRunner:
         token = current_recorder.set(recorder)
         tasks: set[asyncio.Task[None]] = set()
         in_body: dict[asyncio.Task[None], bool] = {}
-        lag = LatencyHistogram()
-        lag_over = [0]
+        lag = LoopLag()
         cpu0, wall0 = time.process_time(), time.monotonic()
         run.begin()
-        ticker = asyncio.create_task(self._lag_ticker(run, lag, lag_over))
+        ticker = asyncio.create_task(self._lag_ticker(run, lag))
         try:
             if spec.is_open:
                 tasks.add(
@@ -59,8 +58,11 @@ class AsyncRunner:
                 )
             else:
                 for i in range(spec.peak_users):
+                    intervals = closed_intervals(spec, i)
+                    buf = run.collector.new_buf()
+                    run.due.append((intervals[0][0] if intervals else math.inf, buf))
                     t = asyncio.create_task(
-                        self._closed_user(run, fn, closed_intervals(spec, i), in_body)
+                        self._closed_user(run, fn, intervals, in_body, buf)
                     )
                     tasks.add(t)
             outcome = await self._wait(run, tasks, in_body)
@@ -72,7 +74,7 @@ class AsyncRunner:
             await asyncio.gather(*tasks, ticker, return_exceptions=True)
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
             partial = self.engine.last_result = run.result(
-                Outcome(run.clock(), True, 0), recorder, cpu, wall, lag, lag_over[0]
+                Outcome(run.load_end(), True, 0), recorder, cpu, wall, lag
             )
             partial.interrupted = True
             raise
@@ -81,22 +83,22 @@ class AsyncRunner:
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-        result = self.engine.last_result = run.result(
-            outcome, recorder, cpu, wall, lag, lag_over[0]
-        )
+        result = self.engine.last_result = run.result(outcome, recorder, cpu, wall, lag)
         run.reraise(result)
         return result
 
     @staticmethod
-    async def _lag_ticker(run: Run, lag: LatencyHistogram, over: list[int]) -> None:
+    async def _lag_ticker(run: Run, lag: LoopLag) -> None:
         clock = time.perf_counter
         while not run.halted:
             t = clock()
-            await asyncio.sleep(LAG_TICK)
-            late = max(0.0, clock() - t - LAG_TICK)
-            lag.record(late)
-            if late > LOOP_LAG_SATURATION:
-                over[0] += 1
+            try:
+                await asyncio.sleep(LAG_TICK)
+            finally:
+                # also when cancelled at the end: a block the run ended in is seen here only
+                late = clock() - t - LAG_TICK
+                if late > 0:
+                    lag.record(late)
 
     async def _wait(
         self,
@@ -124,9 +126,10 @@ class AsyncRunner:
             pending = {t for t in tasks if not t.done()}
             waiter.tick()
         interrupted = waiter.interrupted
-        end = run.clock()
         run.stop(abort=True)
+        end = run.load_end()  # before the cancellation below takes the stuck users down
         stuck = [t for t in tasks if not t.done()]
+        abandoned = sum(1 for t in stuck if t is not run.scheduler_task)
         for t in stuck:
             t.cancel()
         if stuck:
@@ -136,7 +139,7 @@ class AsyncRunner:
                 exc = t.exception()
                 if exc is not None:
                     run.fatal_error(exc)
-        return Outcome(end=end, interrupted=interrupted, stuck=len(stuck))
+        return Outcome(end=end, interrupted=interrupted, stuck=abandoned)
 
     @staticmethod
     async def _closed_user(
@@ -144,6 +147,7 @@ class AsyncRunner:
         fn: Callable[[], Awaitable[object]],
         intervals: list[tuple[float, float]],
         in_body: dict[asyncio.Task[None], bool],
+        buf: Buffer,
     ) -> None:
         clock = run.clock
         start = run.start
@@ -151,7 +155,6 @@ class AsyncRunner:
         tickets = run.tickets
         limit = run.limit
         think = run.spec.think_time
-        buf = run.collector.new_buf()
         me = asyncio.current_task()
         assert me is not None
         mask = MASK
@@ -166,7 +169,7 @@ class AsyncRunner:
                 await sleep(begin - now)
             if run.halted:
                 return
-            run.user_up()
+            run.user_up(buf)
             last_yield = clock()
             try:
                 while not run.halted:
@@ -229,8 +232,7 @@ class AsyncRunner:
         async def job(intended: float, measured: bool) -> None:
             me = asyncio.current_task()
             assert me is not None
-            in_body[me] = True
-            run.user_up()
+            run.user_up(buf)
             try:
                 try:
                     await fn()
@@ -281,7 +283,9 @@ class AsyncRunner:
                 issued += 1
             if busy[0] < max_users:
                 busy[0] += 1
-                tasks.add(asyncio.create_task(job(target, measured)))
+                t = asyncio.create_task(job(target, measured))
+                in_body[t] = True  # from now: the end must not cancel it before it starts
+                tasks.add(t)
             elif measured:
                 buf.add_dropped(int(target - start))
         if limit and issued >= limit:

@@ -6,6 +6,12 @@ The sync closed hot path is: clock, call, clock, pack ``(second, microseconds)``
 and count it in a per-user dict under a per-user (uncontended) lock. A collector on the caller's
 thread swaps those dicts out about once a second and folds them into the HDR histograms and the
 per-second timeline, so the users never touch an HdrHistogram.
+
+Users per second
+----------------
+A row's ``users`` is the larger of the busy users sampled by the caller's thread in that second
+and the number of users that finished an iteration in it (counted from the buffers at the fold),
+so a row is never 0 when users ran, even if the caller's thread was starved of the GIL.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ MASK = (1 << 32) - 1  # a latency in microseconds is packed with its second: (se
 
 class Buffer:
     """One recording thread's buffers: ``{(sec << 32) | us: count}`` dicts, swapped out by the
-    collector under ``lock``."""
+    collector under ``lock``. ``peak`` is written by its user only (the most users it saw busy
+    when it went up; 0: it never ran), ``seen`` by the collector only."""
 
-    __slots__ = ("dropped", "err_lat", "errs", "lat", "lock", "odd", "warm")
+    __slots__ = ("dropped", "err_lat", "errs", "lat", "lock", "odd", "peak", "seen", "warm")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -36,6 +43,8 @@ class Buffer:
         self.dropped: dict[int, int] = {}
         self.odd: list[tuple[int, float, bool]] = []  # (sec, seconds, error): out of packing range
         self.warm = 0
+        self.peak = 0
+        self.seen = -1  # the last second this buffer was counted in a row's users
 
     def add_error(self, sec: int, seconds: float, exc: BaseException) -> None:
         try:
@@ -61,7 +70,7 @@ class Buffer:
 
 
 class _Second:
-    __slots__ = ("dropped", "errors", "hist", "iterations", "p95_ms", "users")
+    __slots__ = ("dropped", "errors", "hist", "iterations", "p95_ms", "ran", "users")
 
     def __init__(self, hist: LatencyHistogram) -> None:
         self.hist: LatencyHistogram | None = hist
@@ -69,6 +78,7 @@ class _Second:
         self.errors = 0
         self.dropped = 0
         self.users = -1
+        self.ran = 0  # buffers (users) that finished an iteration in this second
         self.p95_ms: float | None = None
 
 
@@ -107,7 +117,7 @@ class Collector:
             s = self.seconds[sec] = _Second(self._pool.pop() if self._pool else LatencyHistogram())
         return s
 
-    def pull(self, now_sec: int | None, users: int) -> None:
+    def pull(self, now_sec: int | None) -> None:
         """Swap out every buffer and fold it in. Seconds before ``now_sec - 1`` are finalised
         (their p95 computed, their histogram released); ``None`` finalises everything."""
         with self.bufs_lock:
@@ -119,10 +129,20 @@ class Collector:
                 errs, b.errs = b.errs, {}
                 dropped, b.dropped = b.dropped, {}
                 odd, b.odd = b.odd, []
+            if lat or elat:
+                self._count_user(b, lat, elat)
             self._fold(lat, elat, errs, dropped, odd)
-        if now_sec is not None:
-            self.note_users(now_sec, users)
         self._finalise(None if now_sec is None else now_sec - 1)
+
+    def _count_user(self, b: Buffer, lat: dict[int, int], elat: dict[int, int]) -> None:
+        # A buffer's seconds only grow (its user's clock does), so a second split over two
+        # folds is counted once.
+        secs = {k >> 32 for k in lat}
+        secs.update(k >> 32 for k in elat)
+        for sec in secs:
+            if sec > b.seen:
+                self._second(sec).ran += 1
+        b.seen = max(b.seen, *secs)
 
     def note_users(self, sec: int, users: int) -> None:
         """Sample the number of busy users; a row shows the largest sample of its second."""
@@ -218,7 +238,7 @@ class Collector:
             rows.append(
                 TimelineRow(
                     t=t,
-                    users=users,
+                    users=max(users, s.ran),
                     iterations=s.iterations,
                     rps=s.iterations / width,
                     p95_ms=s.p95_ms,

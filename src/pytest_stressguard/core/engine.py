@@ -19,6 +19,13 @@ the caller's thread once the users are stopped (``KeyboardInterrupt`` as
 :class:`LoadInterrupted` carrying the partial result). ``Engine.last_result`` always holds the
 last (possibly partial) result.
 
+What went wrong is a figure, not only a warning
+-----------------------------------------------
+``LoadResult.abandoned_users`` (users stuck in an iteration past the grace: a hung body),
+``LoadResult.users_not_started`` (threads that could not be created, or got no CPU before the
+end) and ``Saturation.loop_blocked_s`` (the longest stall of the event loop; one long stall
+makes the generator saturated): a caller can fail a test on them with the reason.
+
 Ctrl-C and stop
 ---------------
 ``KeyboardInterrupt`` while ``run_sync`` waits stops every user (bounded join) and raises

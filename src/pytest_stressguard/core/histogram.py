@@ -25,6 +25,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .records import HistogramDict
+
 __all__ = ["PERCENTILE_KEYS", "LatencyHistogram", "parse_percentile_name"]
 
 #: The percentile metric names reported everywhere, in order.
@@ -234,7 +236,7 @@ class LatencyHistogram:
         new._h = fresh
         return new
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> HistogramDict:
         return {
             "hdr": self.encode(),
             "count": self.count,

@@ -28,8 +28,10 @@ Time line of a run
 ``duration - warmup``. ``iterations=N`` means exactly ``N`` measured iterations in total across
 all users (closed) or ``N`` measured arrivals, executed or dropped (open). When the time is up,
 iterations in flight are allowed to finish for ``grace`` seconds; after that the engine stops
-waiting, reports the stuck users in ``warnings`` (their threads are daemons and are left behind,
-async tasks are cancelled) and returns. ``max_duration`` is the hard bound on the whole run:
+waiting, counts the stuck users in ``LoadResult.abandoned_users`` (and says so in ``warnings``;
+their threads are daemons and are left behind, async tasks are cancelled) and returns. The
+grace is not part of the measured window (``duration_s``, the rates): it ends when the last user
+that finished went down. ``max_duration`` is the hard bound on the whole run:
 default ``duration + grace`` for timed runs and 3600 s for ``iterations`` runs. The engine never
 waits longer than ``max_duration + grace`` in total, so every run stops by itself.
 """

@@ -62,6 +62,7 @@ class EndpointDict(TypedDict):
     name: str
     count: int
     errors: int
+    error_rate: float
     errors_by_kind: dict[str, int]
     latency_ms: dict[str, float | None]
     histogram: HistogramDict
@@ -70,6 +71,7 @@ class EndpointDict(TypedDict):
 class SaturationDict(TypedDict):
     cpu_ratio: float
     loop_lag_p99_ms: float | None
+    loop_blocked_s: float | None
     saturated: bool
     reason: str
 
@@ -83,6 +85,7 @@ class LoadDict(TypedDict):
     error_rate: float
     dropped: int
     rps: float
+    ok_rps: float
     duration_s: float
     latency_ms: dict[str, float | None]
     histogram: HistogramDict
@@ -97,6 +100,8 @@ class LoadDict(TypedDict):
     interrupted: bool
     warmup_iterations: int
     peak_users: int
+    abandoned_users: int
+    users_not_started: int
 
 
 class StressStepDict(TypedDict, total=False):
@@ -182,6 +187,7 @@ class Record(TypedDict, total=False):
     error_rate: float
     dropped: int
     rps: float
+    ok_rps: float
     duration_s: float
     latency_ms: dict[str, float | None]
     histogram: HistogramDict
@@ -195,6 +201,8 @@ class Record(TypedDict, total=False):
     warnings: list[str]
     warmup_iterations: int
     peak_users: int
+    abandoned_users: int
+    users_not_started: int
     # the verdict
     thresholds: list[ThresholdDict]
     problems: list[str]

@@ -5,15 +5,27 @@ Errors
 An iteration that raises an ``Exception`` is an error, grouped by ``"{type}: {message}"``
 (first line, at most 200 characters). Its latency goes to ``LoadResult.error_latency``, *not* to
 ``LoadResult.latency``: fast failures (an instant 500) must not make the latency percentiles look
-better. ``iterations`` counts successes and errors; ``error_rate = errors / iterations``.
+better. ``iterations`` counts successes and errors; ``error_rate = errors / iterations``;
+``rps`` counts both, ``ok_rps`` only the successes (a throughput gate on ``rps`` passes while
+everything fails).
+
+The measured window
+-------------------
+``duration_s`` runs from the end of the warm-up (or the start) to the end of the load: the moment
+the last user that finished went down, or the halt if that came later. Time spent waiting for
+users stuck in an iteration (the grace) is not load, so it is not in the window: those users are
+counted in ``abandoned_users``. Users the engine could not start (thread creation failed or their
+thread got no CPU before the end) are counted in ``users_not_started``.
 
 Saturation
 ----------
 The generator's own process CPU (``time.process_time`` over wall time) and, for async bodies, the
 event-loop lag (a ticker sleeping 50 ms and measuring its overshoot). ``saturated`` when CPU is
 >= 90 % of one core (a Python process cannot use more than about one core of Python code
-because of the GIL) or the loop-lag p99 is > 20 ms (a task that should wake up waits more than
-20 ms for the loop: measured latencies then include the client's own queueing).
+because of the GIL), or the loop-lag p99 is > 20 ms in at least 2 samples (a task that should
+wake up waits more than 20 ms for the loop: measured latencies then include the client's own
+queueing), or one stall of the loop (``loop_blocked_s``, its longest) lasted >= 1 s or >= 10 %
+of the run (but >= 250 ms, longer than a GC pause): a sync call in an ``async def`` body.
 
 The figures :meth:`LoadResult.metrics` and :meth:`LoadResult.endpoint_metrics` produce are
 declared in :data:`LOAD_METRICS` (see :mod:`pytest_stressguard.core.metrics`).
@@ -27,6 +39,7 @@ from typing import Any
 
 from .histogram import PERCENTILE_KEYS, LatencyHistogram, parse_percentile_name
 from .metrics import Metric
+from .records import LoadDict, SaturationDict, TimelineRowDict
 from .stats import EndpointStats
 
 __all__ = [
@@ -42,6 +55,11 @@ __all__ = [
 CPU_SATURATION = 0.90
 #: Event-loop lag p99 (seconds) above which an async generator counts as saturated.
 LOOP_LAG_SATURATION = 0.020
+#: One stall of the event loop this long (seconds) is saturation, whatever the run's length...
+LOOP_BLOCK_SATURATION = 1.0
+#: ...and so is one longer than this share of the run, if longer than a GC pause could be.
+LOOP_BLOCK_SHARE = 0.10
+LOOP_BLOCK_FLOOR = 0.25
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,7 @@ class TimelineRow:
     errors: int
     dropped: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TimelineRowDict:
         return {
             "t": self.t,
             "users": self.users,
@@ -89,11 +107,14 @@ class Saturation:
     loop_lag_p99_ms: float | None = None
     saturated: bool = False
     reason: str = ""
+    #: the longest single stall of the event loop (async runs), seconds
+    loop_blocked_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SaturationDict:
         return {
             "cpu_ratio": self.cpu_ratio,
             "loop_lag_p99_ms": self.loop_lag_p99_ms,
+            "loop_blocked_s": self.loop_blocked_s,
             "saturated": self.saturated,
             "reason": self.reason,
         }
@@ -101,19 +122,28 @@ class Saturation:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Saturation:
         lag = d.get("loop_lag_p99_ms")
+        blocked = d.get("loop_blocked_s")
         return cls(
             cpu_ratio=float(d.get("cpu_ratio", 0.0)),
             loop_lag_p99_ms=None if lag is None else float(lag),
             saturated=bool(d.get("saturated", False)),
             reason=str(d.get("reason", "")),
+            loop_blocked_s=None if blocked is None else float(blocked),
         )
 
     @classmethod
     def judge(
-        cls, cpu_ratio: float, lag_p99_s: float | None, lag_over: int | None = None
+        cls,
+        cpu_ratio: float,
+        lag_p99_s: float | None,
+        lag_over: int | None = None,
+        blocked_s: float | None = None,
+        run_s: float = 0.0,
     ) -> Saturation:
         """``lag_over``: how many lag samples exceeded the limit; one hiccup (a GC pause)
-        in a short run is not saturation, so at least 2 are needed when it is given."""
+        in a short run is not saturation, so at least 2 are needed when it is given.
+        ``blocked_s``: the longest stall of the loop in a run of ``run_s`` seconds; one long
+        stall is saturation on its own (see the module docstring)."""
         reasons = []
         if cpu_ratio >= CPU_SATURATION:
             reasons.append(
@@ -121,6 +151,13 @@ class Saturation:
                 "runs Python code on about one core): latencies include waiting for the "
                 "generator's CPU, not only the system under test; spread the load "
                 "(pytest -n) or lower users/rate"
+            )
+        block_limit = min(LOOP_BLOCK_SATURATION, max(LOOP_BLOCK_FLOOR, LOOP_BLOCK_SHARE * run_s))
+        if blocked_s is not None and blocked_s >= block_limit:
+            reasons.append(
+                f"the event loop was blocked for {blocked_s:.1f}s by the body (a sync call in "
+                "an async def?): every task waited meanwhile, so latencies and rates measure "
+                "the client; await the call or run it in a thread (asyncio.to_thread)"
             )
         if (
             lag_p99_s is not None
@@ -137,16 +174,20 @@ class Saturation:
             loop_lag_p99_ms=None if lag_p99_s is None else lag_p99_s * 1e3,
             saturated=bool(reasons),
             reason="; ".join(reasons),
+            loop_blocked_s=blocked_s,
         )
 
     def merge(self, other: Saturation) -> Saturation:
-        lags = [x for x in (self.loop_lag_p99_ms, other.loop_lag_p99_ms) if x is not None]
+        def most(a: float | None, b: float | None) -> float | None:
+            return a if b is None else b if a is None else max(a, b)
+
         reasons = [r for r in (self.reason, other.reason) if r]
         return Saturation(
             cpu_ratio=max(self.cpu_ratio, other.cpu_ratio),
-            loop_lag_p99_ms=max(lags) if lags else None,
+            loop_lag_p99_ms=most(self.loop_lag_p99_ms, other.loop_lag_p99_ms),
             saturated=self.saturated or other.saturated,
             reason="; ".join(dict.fromkeys(reasons)),
+            loop_blocked_s=most(self.loop_blocked_s, other.loop_blocked_s),
         )
 
 
@@ -172,6 +213,8 @@ LOAD_METRICS: tuple[Metric, ...] = (
     Metric("min", "time", "fastest successful iteration", per_endpoint=True),
     Metric("max", "time", "slowest successful iteration", per_endpoint=True),
     Metric("rps", "rate", "iterations (successes and errors) per second of the measured window",
+           higher_is_better=True, per_endpoint=True, also=("number",)),
+    Metric("ok_rps", "rate", "successful iterations per second of the measured window",
            higher_is_better=True, per_endpoint=True, also=("number",)),
     Metric("iterations", "number", "measured iterations (successes and errors)",
            higher_is_better=True, per_endpoint=True),
@@ -200,11 +243,21 @@ class LoadResult:
     warmup_iterations: int = 0
     peak_users: int = 0
     model: str = "closed"
+    #: users still inside an iteration when the grace ran out (a hung body): not measured
+    abandoned_users: int = 0
+    #: users the engine could not start: thread creation failed, or no CPU before the end
+    users_not_started: int = 0
 
     @property
     def rps(self) -> float:
         """Measured iterations (successes and errors) per second of the measured window."""
         return self.iterations / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def ok_rps(self) -> float:
+        """Successful iterations per second of the measured window."""
+        ok = self.iterations - self.errors
+        return ok / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -233,6 +286,7 @@ class LoadResult:
         out["min"] = None if empty else h.min
         out["max"] = None if empty else h.max
         out["rps"] = self.rps
+        out["ok_rps"] = self.ok_rps
         out["errors"] = float(self.errors)
         out["error_rate"] = self.error_rate if self.iterations else None
         out["dropped"] = float(self.dropped)
@@ -240,11 +294,14 @@ class LoadResult:
         return out
 
     def endpoint_metrics(self) -> dict[str, dict[str, float | None]]:
-        """Values by metric name for each endpoint; ``rps`` over the run's measured window."""
+        """Values by metric name for each endpoint; ``rps`` and ``ok_rps`` over the run's
+        measured window."""
         out = {}
+        per_s = 1.0 / self.duration_s if self.duration_s > 0 else 0.0
         for name, st in self.endpoints.items():
             m = st.metrics()
-            m["rps"] = st.count / self.duration_s if self.duration_s > 0 else 0.0
+            m["rps"] = st.count * per_s
+            m["ok_rps"] = (st.count - st.errors) * per_s
             out[name] = m
         return out
 
@@ -291,10 +348,12 @@ class LoadResult:
         self.interrupted = self.interrupted or other.interrupted
         self.warmup_iterations += other.warmup_iterations
         self.peak_users += other.peak_users
+        self.abandoned_users += other.abandoned_users
+        self.users_not_started += other.users_not_started
         return self
 
     # ------------------------------------------------------------------ serialising
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> LoadDict:
         """Plain data (JSON-safe): counts, ``latency_ms`` summary, HDR-encoded histograms."""
         return {
             "model": self.model,
@@ -303,6 +362,7 @@ class LoadResult:
             "error_rate": self.error_rate,
             "dropped": self.dropped,
             "rps": self.rps,
+            "ok_rps": self.ok_rps,
             "duration_s": self.duration_s,
             "latency_ms": self.latency.percentiles_ms(),
             "histogram": self.latency.to_dict(),
@@ -317,6 +377,8 @@ class LoadResult:
             "interrupted": self.interrupted,
             "warmup_iterations": self.warmup_iterations,
             "peak_users": self.peak_users,
+            "abandoned_users": self.abandoned_users,
+            "users_not_started": self.users_not_started,
         }
 
     @classmethod
@@ -343,6 +405,8 @@ class LoadResult:
             warmup_iterations=int(d.get("warmup_iterations", 0)),
             peak_users=int(d.get("peak_users", 0)),
             model=str(d.get("model", "closed")),
+            abandoned_users=int(d.get("abandoned_users", 0)),
+            users_not_started=int(d.get("users_not_started", 0)),
         )
 
 

@@ -3,29 +3,34 @@
 The sync and async runners (:mod:`.sync_runner`, :mod:`.async_runner`) share these: the users
 read the run's clocks and halt flag, the waiter decides when the run ends and folds the users'
 buffers into progress about once a second.
+
+Busy users are counted without a shared lock (``up`` is a deque: its append, pop and len are
+atomic): with thousands of threads, a lock taken by every user at its start lines them all up
+behind a holder that lost the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .collector import Collector
+from .collector import Buffer, Collector
 from .histogram import LatencyHistogram
 from .loadspec import LoadSpec, default_max_users
-from .result import LoadInterrupted, LoadResult, Progress, Saturation
+from .result import LOOP_LAG_SATURATION, LoadInterrupted, LoadResult, Progress, Saturation
 from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Outcome", "Run", "Waiter"]
+__all__ = ["LoopLag", "Outcome", "Run", "Waiter"]
 
 #: How often the caller's thread wakes up to check stop / deadlines (seconds).
 TICK = 0.25
@@ -53,9 +58,13 @@ class Run:
             itertools.count() if spec.iterations is not None else None
         )
         self.limit = spec.iterations if spec.iterations is not None else 0
-        self.active = 0
-        self.active_lock = threading.Lock()
-        self.peak_active = 0
+        self.up: collections.deque[None] = collections.deque()  # one entry per busy user
+        self.halted_clock = math.inf  # when the run was halted (clock)
+        self.last_down = -math.inf  # when a user last went down (clock)
+        # closed-model users: (first start, relative; their buffer): were they due and idle?
+        self.due: list[tuple[float, Buffer]] = []
+        self.not_created = 0  # users whose thread could not be created
+        self.start_error = ""  # why users could not be started
         self.fatal: BaseException | None = None
         self.warnings: list[str] = []
         self.iterations_done = False
@@ -79,17 +88,38 @@ class Run:
         intended before the end (executed late or dropped), even when it runs behind."""
         if abort:
             self.aborted = True
+        if not self.halted:
+            self.halted_clock = self.clock()
         self.halted = True
         self.halt.set()
 
-    def user_up(self) -> None:
-        with self.active_lock:
-            self.active += 1
-            self.peak_active = max(self.peak_active, self.active)
+    @property
+    def active(self) -> int:
+        return len(self.up)
+
+    @property
+    def peak_active(self) -> int:
+        return max((b.peak for b in self.collector.bufs), default=0)
+
+    def user_up(self, buf: Buffer) -> None:
+        up = self.up
+        up.append(None)
+        n = len(up)
+        if n > buf.peak:  # each user keeps its own peak: no write shared between threads
+            buf.peak = n
 
     def user_down(self) -> None:
-        with self.active_lock:
-            self.active -= 1
+        self.up.pop()
+        self.last_down = self.clock()
+
+    def load_end(self) -> float:
+        """The end of the load: when the last user that finished went down, or the halt (the
+        planned end at the latest) if that came later. Not the grace spent on stuck users."""
+        return max(min(self.halted_clock, self.stop_at), self.last_down)
+
+    def could_not_start(self, users: int) -> None:
+        """``users`` could not be started (``start_error`` says why)."""
+        self.not_created += users
 
     def out_of_tickets(self) -> None:
         self.iterations_done = True
@@ -126,6 +156,14 @@ class Run:
             warming_up=now < self.warm_end,
         )
 
+    def late_users(self, outcome: Outcome) -> int:
+        """Closed-model users that were due before the halt but never went up: their thread or
+        task got no CPU in time. Not counted when the run ended early on purpose (iterations
+        all taken, stop, Ctrl-C, an error): then idle users were simply not needed."""
+        if self.iterations_done or outcome.interrupted or self.fatal is not None:
+            return 0
+        halted = self.halted_clock - self.start
+        return sum(1 for begin, buf in self.due if buf.peak == 0 and begin < halted)
 
     def result(
         self,
@@ -133,14 +171,13 @@ class Run:
         recorder: StatsRecorder,
         cpu: float,
         wall: float,
-        lag: LatencyHistogram | None,
-        lag_over: int | None = None,
+        lag: LoopLag | None = None,
     ) -> LoadResult:
         """Fold what is left and build the result; ``cpu``/``wall`` and the loop ``lag`` judge
         the generator's saturation."""
         spec = self.spec
         c = self.collector
-        c.pull(None, self.active)
+        c.pull(None)
         measured_from = self.warm_end if spec.warmup else self.start
         duration = max(0.0, outcome.end - measured_from)
         rows = c.rows(float(spec.warmup), outcome.end - self.start)
@@ -150,6 +187,19 @@ class Run:
                 f"{outcome.stuck} user(s) were still inside an iteration {spec.effective_grace:g}s "
                 "after the end and were abandoned; those iterations are not measured "
                 "(a body that hangs? give it a timeout)"
+            )
+        requested = self.max_users
+        if self.not_created:
+            warnings.append(
+                f"{self.not_created} of {requested} users could not be started "
+                f"({self.start_error}); the run went on with the others"
+            )
+        late = self.late_users(outcome)
+        if late:
+            warnings.append(
+                f"{late} of {requested} users were due but never ran: their threads or tasks "
+                "got no CPU before the end (too many users for this machine? spread them with "
+                "pytest -n, or use an async body)"
             )
         if self.limit and c.iterations < self.limit and not outcome.interrupted and not (
             spec.is_open and c.iterations + c.dropped >= self.limit
@@ -163,8 +213,12 @@ class Run:
             warnings.append(
                 f"{clamped} latencies were outside the histogram range (0..1h) and were clamped"
             )
-        lag_p99 = lag.p(99) if lag is not None and lag.count else None
-        sat = Saturation.judge(cpu / wall if wall > 0 else 0.0, lag_p99, lag_over)
+        cpu_ratio = cpu / wall if wall > 0 else 0.0
+        if lag is None:
+            sat = Saturation.judge(cpu_ratio, None)
+        else:
+            p99 = lag.hist.p(99) if lag.hist.count else None
+            sat = Saturation.judge(cpu_ratio, p99, lag.over, lag.worst, wall)
         if sat.saturated:
             warnings.append(f"load generator saturated: {sat.reason}")
         return LoadResult(
@@ -183,6 +237,8 @@ class Run:
             warmup_iterations=c.warm,
             peak_users=self.peak_active,
             model="open" if spec.is_open else "closed",
+            abandoned_users=outcome.stuck,
+            users_not_started=self.not_created + late,
         )
 
     def reraise(self, result: LoadResult) -> None:
@@ -199,8 +255,24 @@ class Run:
 class Outcome:
     end: float
     interrupted: bool
-    stuck: int
+    stuck: int  # users abandoned inside an iteration
     keyboard: bool = False
+
+
+@dataclass
+class LoopLag:
+    """What the async runner's ticker saw: how late the loop woke it up (seconds)."""
+
+    hist: LatencyHistogram = field(default_factory=LatencyHistogram)
+    over: int = 0  # samples later than LOOP_LAG_SATURATION
+    worst: float = 0.0  # the longest stall
+
+    def record(self, late: float) -> None:
+        self.hist.record(late)
+        if late > LOOP_LAG_SATURATION:
+            self.over += 1
+        if late > self.worst:
+            self.worst = late
 
 
 class Waiter:
@@ -218,6 +290,8 @@ class Waiter:
         self.halted_at: float | None = None
         self.interrupted = False
         self.now = run.clock()
+        # the users up at the start: a starved caller's thread may not sample them for a while
+        run.collector.note_users(int(self.now - run.start), run.active)
 
     def decide(self) -> None:
         run, stop = self.run, self.engine.stop
@@ -250,9 +324,10 @@ class Waiter:
     def tick(self) -> None:
         run = self.run
         self.now = now = run.clock()
-        run.collector.note_users(int(now - run.start), run.active)
+        if not run.halted:  # users stuck after the end are not load
+            run.collector.note_users(int(now - run.start), run.active)
         if now >= self.next_progress:
             late = math.floor((now - self.next_progress) / self.interval) + 1
             self.next_progress += self.interval * max(1, late)
-            run.collector.pull(int(now - run.start), run.active)
+            run.collector.pull(int(now - run.start))
             self.engine._emit(run)

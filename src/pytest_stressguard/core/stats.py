@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .histogram import PERCENTILE_KEYS, LatencyHistogram
+from .records import EndpointDict
 
 __all__ = ["EndpointStats", "StatsRecorder", "current_recorder", "error_key"]
 
@@ -89,7 +90,7 @@ class EndpointStats:
         out["error_rate"] = None if empty else self.error_rate
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> EndpointDict:
         return {
             "name": self.name,
             "count": self.count,
