@@ -513,9 +513,17 @@ def format_latency(s: float) -> str:
         text = f"{a:.2f}".rstrip("0").rstrip(".")
         return _signed(s, text + "s")
     if a >= 1e-3 - 5e-7:
-        return _signed(s, f"{a * 1e3:.1f}ms")
+        return _signed(s, _three_figures(a * 1e3) + "ms")
     us = a * 1e6
-    return _signed(s, (f"{us:.0f}" if us >= 99.95 else f"{us:.1f}") + "us")
+    return _signed(s, (f"{us:.0f}" if us >= 99.95 else _three_figures(us)) + "us")
+
+
+def _three_figures(v: float) -> str:
+    """One decimal, or two below 10 so that three figures remain: "1.95", "7.0", "48.2"."""
+    if v >= 9.995:
+        return f"{v:.1f}"
+    text = f"{v:.2f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 _SIZE_STEPS: Final = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
