@@ -225,6 +225,27 @@ def test_latency_drift_is_measured_and_gated() -> None:
     assert "FAIL |drift|<=20.00%" in result.describe()
 
 
+def test_a_drift_within_the_runs_own_spread_does_not_fail() -> None:
+    """Slow and fast spells with no trend (a service's weather): the first part happens to be
+    fast and the last part slow, so the two medians differ by ~+200 %, but the run varied that
+    much all along; only a trend established over the whole window is a drift."""
+    weather = [2, 2, 6, 2, 6, 6, 6, 6, 6, 6, 2, 2, 2, 2, 2, 2, 6, 6, 2, 6]  # ms per 0.1 s slice
+    spec = SoakSpec(duration=2.0, sample_interval=0.05, drift_limit=0.2)
+    start: list[float] = []
+
+    def body() -> None:
+        now = time.perf_counter()
+        start[:] = start or [now]
+        spell = weather[min(int((now - start[0]) / 0.1), len(weather) - 1)]
+        time.sleep(spell / 1000)
+
+    result = run_soak(body, spec)
+    assert result.drift is not None and result.drift > 0.5, result.describe()
+    assert not result.drift_established and result.drift_interval is not None
+    (gate,) = [r for r in result.thresholds if r.threshold.metric == "drift"]
+    assert gate.ok and "within the run's own spread" in gate.note, result.describe()
+
+
 def test_steady_body_does_not_drift_and_errors_are_counted() -> None:
     spec = SoakSpec(duration=2.0, warmup=0.2, sample_interval=0.05, drift_limit=0.5,
                     sla=parse_thresholds(["errors==0"]))
