@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Install everything into .venv and run the test suite (unit, plugin, integration), then lint.
+# Install everything into .venv and run lint, mypy --strict and the test suite (unit, plugin,
+# integration). Under CI (CI=true) also:
+#   - a database is expected: a test that skips because PostgreSQL is unreachable fails;
+#   - the README's main job runs in full (tests/integration/test_examples.py, EXAMPLES_FULL=1);
+#   - the unit and plugin tests run again on the oldest and newest supported Pythons (3.10 and
+#     3.13, from pyenv or PATH), each in a venv of its own; a missing one fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,6 +13,33 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/ruff check src tests
 .venv/bin/mypy --strict src
+
+if [ "${CI:-}" = "true" ]; then
+  export STRESSGUARD_REQUIRE_DB=1 EXAMPLES_FULL=1
+fi
 # Integration tests use the local PostgreSQL when STRESSGUARD_DSN points at it, and the embedded
 # one otherwise; both paths are exercised (tests/integration pick their own DSNs).
 .venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist loadgroup --timeout=600 "$@"
+
+find_python() {  # find_python 3.10 -> the path of a python3.10, or nothing
+  local version=$1 candidate
+  for candidate in "python$version" "$HOME"/.pyenv/versions/"$version"*/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return; fi
+  done
+}
+
+if [ "${CI:-}" = "true" ] && [ $# -eq 0 ]; then
+  for version in 3.10 3.13; do
+    python=$(find_python "$version")
+    if [ -z "$python" ]; then
+      echo "CI: Python $version is not installed: the supported range is not tested" >&2
+      exit 1
+    fi
+    venv=".venv-$version"
+    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e ".[test]"
+    echo "== unit and plugin tests on $("$venv/bin/python" --version)"
+    "$venv/bin/python" -m pytest -p no:cacheprovider -q -n 2 --timeout=600 tests/unit tests/plugin
+  done
+fi
