@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture
+def orphans() -> Iterator[Callable[[], list[psutil.Process]]]:
+    """Make this process the subreaper of what it starts (Linux): a process the interrupted
+    session leaves behind is re-parented to us instead of init, so it can be found (and is
+    killed at the end)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("needs prctl(PR_SET_CHILD_SUBREAPER)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    me = psutil.Process()
+    try:
+        yield lambda: [p for p in me.children(recursive=True) if p.status() != "zombie"]
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for child in me.children(recursive=True):
+            child.kill()
+        psutil.wait_procs(me.children(recursive=True), timeout=5)
 
 
 def run_and_interrupt(path: Path, args: list[str], after: float = 1.0) -> tuple[int, str, float]:
@@ -35,7 +57,9 @@ def run_and_interrupt(path: Path, args: list[str], after: float = 1.0) -> tuple[
 
 
 @pytest.mark.parametrize("body", ["sync", "async"])
-def test_ctrl_c_during_load_keeps_the_measured_part(pytester: pytest.Pytester, body: str) -> None:
+def test_ctrl_c_during_load_keeps_the_measured_part(
+        pytester: pytest.Pytester, body: str,
+        orphans: Callable[[], list[psutil.Process]]) -> None:
     touch = "    open('started', 'w').close()\n"
     if body == "sync":
         src = "def test_long():\n" + touch + "    time.sleep(0.001)\n"
@@ -53,5 +77,6 @@ def test_ctrl_c_during_load_keeps_the_measured_part(pytester: pytest.Pytester, b
     (test,) = json.loads(report.read_text())["tests"]
     assert test["interrupted"] is True and test["outcome"] == "interrupted"
     assert test["iterations"] > 50
-    # The interrupted session exited by itself (no user thread kept it alive) and left no child.
-    assert not psutil.Process(os.getpid()).children(recursive=True)
+    # The interrupted session exited by itself (no user thread kept it alive) and left no
+    # process behind: what it started would be our child now (subreaper).
+    assert orphans() == []

@@ -84,9 +84,16 @@ def test_cli_default_sla_applies_to_tests_without_their_own(pytester: pytest.Pyt
             time.sleep(0.005)
         """
     )
-    result = pytester.runpytest("--stressguard-sla", "p99<1ms")
+    report = pytester.path / "report.json"
+    result = pytester.runpytest("--stressguard-sla", "p99<1ms", f"--stressguard-json={report}")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_default*", "*FAIL p99<1ms*"])
+    tests = {t["nodeid"].split("::")[-1]: t for t in json.loads(report.read_text())["tests"]}
+    # the CLI SLA landed on the test without one, and only there
+    assert tests["test_default"]["outcome"] == "failed"
+    assert [t["expr"] for t in tests["test_default"]["thresholds"]] == ["p99<1ms"]
+    assert tests["test_own"]["outcome"] == "passed"
+    assert [t["expr"] for t in tests["test_own"]["thresholds"]] == ["p95<10s"]
 
 
 def test_ini_sla_is_used_when_cli_is_silent(pytester: pytest.Pytester) -> None:
@@ -112,17 +119,20 @@ def test_async_body_runs_as_tasks(pytester: pytest.Pytester) -> None:
 
         active = 0
         peak = 0
+        runs = 0
 
         @pytest.mark.asyncio
         @pytest.mark.load(users=10, iterations=100, sla=["errors==0"])
         async def test_async_body():
-            global active, peak
+            global active, peak, runs
             active += 1
+            runs += 1
             peak = max(peak, active)
             await asyncio.sleep(0.001)
             active -= 1
 
         def test_tasks_overlapped():
+            assert runs == 100  # the body ran once per iteration, as tasks on one loop
             assert peak > 1
         """
     )

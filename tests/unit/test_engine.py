@@ -54,11 +54,13 @@ def test_open_model_shows_the_stall_that_the_closed_model_hides() -> None:
     assert open_r.iterations >= 380  # ~400 scheduled, none dropped with the default cap
     assert open_r.dropped == 0
     assert closed_r.latency.max >= 0.19  # the stall itself is seen by both models
-    open_p99 = open_r.latency.p(99)
-    closed_p99 = closed_r.latency.p(99)
-    assert open_p99 >= 0.120, open_r.latency.percentiles_ms()
-    assert closed_p99 < 0.060, closed_r.latency.percentiles_ms()
-    assert open_p99 > 3 * closed_p99
+    # p95, not p99: the closed model's stalled calls are ~1 % of its samples, so its p99 sits
+    # right on them and flips from run to run; at p95 the open model is ~40 % late calls deep
+    open_p95 = open_r.latency.p(95)
+    closed_p95 = closed_r.latency.p(95)
+    assert open_p95 >= 0.100, open_r.latency.percentiles_ms()
+    assert closed_p95 < 0.060, closed_r.latency.percentiles_ms()
+    assert open_p95 > 3 * closed_p95
     # the open model also sees the stall in its mean (many late calls), the closed model not
     assert open_r.latency.mean > 5 * closed_r.latency.mean
 
