@@ -7,26 +7,29 @@ import re
 import resource
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_stressguard.core.records import Record
 from pytest_stressguard.kinds import MARKER_KINDS, bind_item_mark
-from pytest_stressguard.kinds.base import Interrupted, RunContext
 from pytest_stressguard.markers import MarkerError
-from pytest_stressguard.report.progress import ProgressPrinter
-from pytest_stressguard.session import SessionOutcome, decide_session
 from pytest_stressguard.settings import Settings
 from pytest_stressguard.store import ProcessStats, SessionStore, TrendPoint
-from pytest_stressguard.verdict import SECTION, STATUS_LETTER, STATUS_WORD, Verdict
+
+# What only a marked test, a verdict or the session's end needs is imported where it is used:
+# every module imported at configure costs its compile time on each start without bytecode.
+if TYPE_CHECKING:
+    from pytest_stressguard.core.records import Record
+    from pytest_stressguard.report.progress import ProgressPrinter
+    from pytest_stressguard.session import SessionOutcome
+    from pytest_stressguard.verdict import Verdict
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 STORE_KEY = pytest.StashKey[SessionStore]()
-OUTCOME_KEY = pytest.StashKey[SessionOutcome]()
+OUTCOME_KEY: pytest.StashKey[SessionOutcome] = pytest.StashKey()
 MARK_KEY = pytest.StashKey[tuple[str, Any]]()
-RECORDS_KEY = pytest.StashKey[list[Record]]()
-VERDICTS_KEY = pytest.StashKey[list[Verdict]]()
+RECORDS_KEY: pytest.StashKey[list[Record]] = pytest.StashKey()
+VERDICTS_KEY: pytest.StashKey[list[Verdict]] = pytest.StashKey()
 RSS_KEY = pytest.StashKey[tuple[int, int]]()
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -101,10 +104,19 @@ class StressGuardPlugin:
         self.settings = settings
         self.store = SessionStore(repeat_count=int(getattr(config.option, "count", 1) or 1))
         self.worker = worker_id(config)
-        self.progress = ProgressPrinter(config, settings.progress)
+        self._progress: ProgressPrinter | None = None
         self.bound: dict[str, tuple[str, Any] | None] = {}  # function definition -> its mark
         config.stash[SETTINGS_KEY] = settings
         config.stash[STORE_KEY] = self.store
+
+    @property
+    def progress(self) -> ProgressPrinter:
+        """The live progress printer, made for the first marked test."""
+        if self._progress is None:
+            from pytest_stressguard.report.progress import ProgressPrinter
+
+            self._progress = ProgressPrinter(self.config, self.settings.progress)
+        return self._progress
 
     # -- collection: validate every mark before anything runs ---------------------------------
 
@@ -149,6 +161,8 @@ class StressGuardPlugin:
         bound = pyfuncitem.stash.get(MARK_KEY, None)
         if bound is None:
             return None  # unmarked tests pass through untouched
+        from pytest_stressguard.kinds.base import Interrupted, RunContext
+
         kind, spec = bound
         context = RunContext(self.settings, self.progress.sink(pyfuncitem.nodeid, kind))
         try:
@@ -170,6 +184,10 @@ class StressGuardPlugin:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         stash = item.stash
+        # The trend tracker's reading rides here: one wrapper per phase instead of two.
+        if call.when == "call" and RSS_KEY in stash:
+            rss, delta = stash[RSS_KEY]
+            report.stressguard_trend = [rss, delta, self.worker]  # type: ignore[attr-defined]
         if RECORDS_KEY not in stash and VERDICTS_KEY not in stash:
             return report  # the common case: a test that recorded nothing
         records = stash.get(RECORDS_KEY, [])
@@ -183,6 +201,8 @@ class StressGuardPlugin:
             item.stash[RECORDS_KEY] = []
         failed = [v for v in verdicts if not v.ok]
         if verdicts:
+            from pytest_stressguard.verdict import SECTION
+
             item.stash[VERDICTS_KEY] = []
             report.sections.append((f"{SECTION} ({call.when})",
                                     "\n\n".join(v.section() for v in verdicts)))
@@ -197,6 +217,8 @@ class StressGuardPlugin:
     ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
         # A gate failing at setup/teardown (e.g. a leaked connection) stays an error, "E".
         if getattr(report, "stressguard_failed", False) and report.failed and report.when == "call":
+            from pytest_stressguard.verdict import STATUS_LETTER, STATUS_WORD
+
             return "failed", STATUS_LETTER, (STATUS_WORD, {"red": True})
         return None
 
@@ -237,10 +259,17 @@ class StressGuardPlugin:
         finally:
             if not is_worker(self.config):
                 self.store.processes.setdefault(self.worker, self.own_process_stats())
-                outcome = decide_session(self.store, self.settings, self.config)
-                self.config.stash[OUTCOME_KEY] = outcome
-                if outcome.failed and not session.shouldfail:
-                    session.testsfailed += 1
+                self.decide(session)
+
+    def decide(self, session: pytest.Session) -> None:
+        if not self.settings.has_session_result:
+            return  # no gates, comparison or files: no outcome, which reads as an empty one
+        from pytest_stressguard.session import decide_session
+
+        outcome = decide_session(self.store, self.settings, self.config)
+        self.config.stash[OUTCOME_KEY] = outcome
+        if outcome.failed and not session.shouldfail:
+            session.testsfailed += 1
 
     def pytest_unconfigure(self) -> None:
         _STATM.close()
@@ -255,6 +284,8 @@ class StressGuardPlugin:
             workeroutput = self.config.workeroutput  # type: ignore[attr-defined]
             workeroutput["stressguard"] = {"process": self.own_process_stats().to_dict()}
             return
+        if not self.settings.writes_files:
+            return  # the common case: no report, CSV or baseline asked for
         from pytest_stressguard.report import outputs
 
         outputs.write_all(self.config, self.store, self.settings,
@@ -275,10 +306,7 @@ class StressGuardPlugin:
 class TrendTracker:
     """Per-test memory for the trends (on by default, `--stressguard-trends off`): RSS read right
     around the call, so what pytest keeps per test (reports, captured output), made later, does
-    not count as the test's own growth."""
-
-    def __init__(self, worker: str) -> None:
-        self.worker = worker
+    not count as the test's own growth. StressGuardPlugin's makereport puts it on the report."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -288,16 +316,6 @@ class TrendTracker:
         finally:
             after = current_rss()
             item.stash[RSS_KEY] = (after, after - before)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if call.when == "call" and RSS_KEY in item.stash:
-            rss, delta = item.stash[RSS_KEY]
-            report.stressguard_trend = [rss, delta, self.worker]  # type: ignore[attr-defined]
-        return report
 
 
 class XdistHooks:

@@ -11,11 +11,12 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_stressguard.core.thresholds import Threshold, ThresholdError, parse_threshold
-from pytest_stressguard.core.units import UnitsError, parse_duration, parse_rate
-
 if TYPE_CHECKING:
     from pytest_stressguard.core.loadspec import Stage
+    from pytest_stressguard.core.thresholds import Threshold
+
+# The kinds' marker functions are imported at configure (for --markers), so the parsers they
+# call load inside the checks: only a test that has a mark pays for them.
 
 Duration = str | float | int
 
@@ -37,6 +38,8 @@ def check_positive_int(name: str, value: object, *, zero: bool = False) -> int:
 def check_duration(name: str, value: object, *, allow_zero: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise MarkerError(f"{name}={value!r}: must be a duration such as '30s', '500ms', '2h'")
+    from pytest_stressguard.core.units import UnitsError, parse_duration
+
     try:
         seconds = parse_duration(value)
     except UnitsError as exc:
@@ -49,6 +52,8 @@ def check_duration(name: str, value: object, *, allow_zero: bool = True) -> floa
 def check_rate(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise MarkerError(f"{name}={value!r}: must be a rate such as '100/s' or '600/min'")
+    from pytest_stressguard.core.units import UnitsError, parse_rate
+
     try:
         rate = parse_rate(value)
     except UnitsError as exc:
@@ -63,6 +68,10 @@ def check_thresholds(name: str, value: object) -> tuple[Threshold, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise MarkerError(f"{name}={value!r}: must be a list of thresholds such as ['p95<500ms']")
+    if not value:
+        return ()
+    from pytest_stressguard.core.thresholds import ThresholdError, parse_threshold
+
     out = []
     for expr in value:
         if not isinstance(expr, str):
@@ -121,5 +130,10 @@ def bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
         return fn(*args, **kwargs)
     except MarkerError:
         raise
-    except (ThresholdError, UnitsError) as exc:
-        raise MarkerError(str(exc)) from None
+    except ValueError as exc:
+        from pytest_stressguard.core.thresholds import ThresholdError
+        from pytest_stressguard.core.units import UnitsError
+
+        if isinstance(exc, (ThresholdError, UnitsError)):
+            raise MarkerError(str(exc)) from None
+        raise

@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = StressGuardPlugin(config, _settings.load_settings(config))
     config.pluginmanager.register(plugin, PLUGIN_NAME)
     if plugin.settings.trends:
-        config.pluginmanager.register(TrendTracker(plugin.worker), "stressguard-trends")
+        config.pluginmanager.register(TrendTracker(), "stressguard-trends")
     config.pluginmanager.register(fixtures, "stressguard-fixtures")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(plugin.store), "stressguard-xdist")

@@ -6,22 +6,35 @@ import argparse
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pytest
 
-from pytest_stressguard.core.thresholds import (
-    CompareRule,
-    Threshold,
-    parse_compare,
-    parse_threshold,
-)
+if TYPE_CHECKING:
+    from pytest_stressguard.core.thresholds import CompareRule, Threshold
 
 Progress = Literal["auto", "on", "off"]
 
+# The threshold parser loads every metric declaration: these import it only when an option,
+# env var or ini value is given, so a session without one does not pay for it at start-up.
+
+
+def parse_threshold(text: str) -> Threshold:
+    from pytest_stressguard.core.thresholds import parse_threshold
+
+    return parse_threshold(text)
+
 
 def parse_gate(text: str) -> Threshold:
+    from pytest_stressguard.core.thresholds import parse_threshold
+
     return parse_threshold(text, scope="session")
+
+
+def parse_compare(text: str) -> CompareRule:
+    from pytest_stressguard.core.thresholds import parse_compare
+
+    return parse_compare(text)
 
 
 def _checked_by(parse: Callable[[str], object]) -> Callable[[str], str]:
@@ -70,8 +83,7 @@ def _progress_type(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class _Option:
+class _Option(NamedTuple):  # not a dataclass: made at every start-up, a NamedTuple is cheaper
     name: str  # without the --stressguard- prefix
     help: str
     ini_type: Literal["string", "linelist"] = "string"
@@ -155,6 +167,17 @@ class Settings:
     progress: Progress = "auto"
     baseline_dir: str | None = None
     trends: bool = True
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether the session ends by writing a report, CSV files or a baseline."""
+        return bool(self.json_path or self.html_path or self.csv_dir or self.save)
+
+    @property
+    def has_session_result(self) -> bool:
+        """Whether the end of the session has anything to decide: gates to check, a baseline to
+        compare with, or files to write (they carry the session's figures)."""
+        return bool(self.gates or self.compare or self.writes_files)
 
 
 def _resolve(config: pytest.Config, opt: _Option) -> tuple[Any, str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pytest_stressguard.core.records import Record
+if TYPE_CHECKING:
+    from pytest_stressguard.core.records import Record
 
 
-@dataclass
-class TrendPoint:
+class TrendPoint(NamedTuple):  # one per test: a NamedTuple is cheaper to make than a dataclass
     nodeid: str
     outcome: str
     duration_s: float

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pytest_stressguard.core.records import ThresholdDict
-from pytest_stressguard.core.thresholds import ThresholdResult
+if TYPE_CHECKING:
+    from pytest_stressguard.core.records import ThresholdDict
+    from pytest_stressguard.core.thresholds import ThresholdResult
 
 STATUS_LETTER = "S"
 STATUS_WORD = "SLA FAILED"

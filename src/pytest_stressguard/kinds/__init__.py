@@ -5,11 +5,13 @@ The order is the order of the summary's tables.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_stressguard.kinds import concurrent, load, pool, soak, stress
-from pytest_stressguard.kinds.base import Kind, MarkerKind
 from pytest_stressguard.markers import MarkerError, bind
+
+if TYPE_CHECKING:  # the protocols type the registry; a run imports kinds.base itself
+    from pytest_stressguard.kinds.base import Kind, MarkerKind
 
 MARKER_KINDS: dict[str, MarkerKind] = {
     load.KIND.name: load.KIND,

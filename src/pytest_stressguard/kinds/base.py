@@ -7,7 +7,8 @@ names the metrics its baselines keep. A *marker kind* is also a marker: a typed 
 record and a verdict.
 
 Kind modules are imported at configure (the markers' help), so they import nothing heavy at
-module level: the engine and the drivers load inside ``run``.
+module level: the engine, the drivers, the threshold parser, the record types and the report's
+tables load inside the methods that use them (``run``, ``summary``, ``csv_rows``).
 """
 
 from __future__ import annotations
@@ -16,20 +17,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.core.thresholds import Threshold, parse_threshold
-from pytest_stressguard.verdict import Verdict
-
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_stressguard.core.records import Record
+    from pytest_stressguard.core.thresholds import Threshold
     from pytest_stressguard.settings import Settings
+    from pytest_stressguard.verdict import Verdict
 
 ProgressSink = Callable[[Any], None]
 CsvRows = Mapping[str, list[dict[str, object]]]
 
 #: When no SLA is given anywhere (marker, --stressguard-sla, ini), a load must at least not fail.
-DEFAULT_SLA: tuple[Threshold, ...] = (parse_threshold("errors==0"),)
+DEFAULT_SLA = ("errors==0",)
 
 
 class Spec(Protocol):
@@ -81,8 +81,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 def effective_sla(own: Sequence[Threshold], settings: Settings) -> tuple[Threshold, ...]:
-    """The marker's SLA, else --stressguard-sla / ini, else :data:`DEFAULT_SLA`."""
-    return tuple(own) or settings.sla or DEFAULT_SLA
+    """The marker's SLA, else --stressguard-sla / ini, else :data:`DEFAULT_SLA` (parsed here, at
+    run time: parsing loads the metric declarations, which start-up must not pay for)."""
+    if own or settings.sla:
+        return tuple(own) or settings.sla
+    from pytest_stressguard.core.thresholds import parse_threshold
+
+    return tuple(parse_threshold(t) for t in DEFAULT_SLA)
 
 
 def error_notes(errors_by_kind: Mapping[str, int], top: int = 5) -> tuple[str, ...]:

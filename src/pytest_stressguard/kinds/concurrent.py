@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.kinds.base import CsvRows, RunContext
 from pytest_stressguard.markers import Duration, check_bool, check_duration, check_positive_int
-from pytest_stressguard.report.table import short, table, verdict_text
-from pytest_stressguard.verdict import Verdict
 
 if TYPE_CHECKING:
     import pytest
+
+    from pytest_stressguard.core.records import Record
+    from pytest_stressguard.kinds.base import CsvRows, RunContext
+    from pytest_stressguard.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ConcurrentKind:
             ctx: RunContext) -> tuple[Record, Verdict]:
         from pytest_stressguard import bodies
         from pytest_stressguard.core import race
+        from pytest_stressguard.verdict import Verdict
 
         core_spec = race.ConcurrentSpec(workers=spec.workers, rounds=spec.rounds,
                                         amplify=spec.amplify, timeout=spec.timeout,
@@ -72,6 +73,8 @@ class ConcurrentKind:
         return record, verdict
 
     def summary(self, records: Sequence[Record]) -> list[str]:
+        from pytest_stressguard.report.table import short, table, verdict_text
+
         rows = [["concurrent", "workers", "rounds", "failures", "verdict"]]
         for r in records:
             c = r["concurrent"]

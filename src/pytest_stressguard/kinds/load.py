@@ -6,16 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.core.thresholds import Threshold, evaluate
-from pytest_stressguard.kinds.base import (
-    CsvRows,
-    Interrupted,
-    RunContext,
-    effective_sla,
-    error_notes,
-    timeline_rows,
-)
 from pytest_stressguard.markers import (
     Duration,
     MarkerError,
@@ -25,14 +15,16 @@ from pytest_stressguard.markers import (
     check_stages,
     check_thresholds,
 )
-from pytest_stressguard.report.table import metric_cell, short, table, verdict_text
-from pytest_stressguard.verdict import Verdict
 
 if TYPE_CHECKING:
     import pytest
 
     from pytest_stressguard.core.loadspec import LoadSpec, Stage
+    from pytest_stressguard.core.records import Record
     from pytest_stressguard.core.result import LoadResult
+    from pytest_stressguard.core.thresholds import Threshold
+    from pytest_stressguard.kinds.base import CsvRows, RunContext
+    from pytest_stressguard.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -112,6 +104,9 @@ def load(
 
 def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
     from pytest_stressguard.core.stress import endpoint_metrics, result_metrics
+    from pytest_stressguard.core.thresholds import evaluate
+    from pytest_stressguard.kinds.base import error_notes
+    from pytest_stressguard.verdict import Verdict
 
     checks = evaluate(sla, result_metrics(result, sla), endpoint_metrics(result))
     notes = []
@@ -124,7 +119,7 @@ def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
 
 def load_record(result: LoadResult, verdict: Verdict | None) -> Record:
     """A load entry: the run's figures, its metrics, the verdict's thresholds."""
-    record = cast(Record, {"kind": "load", **result.to_dict()})
+    record = cast("Record", {"kind": "load", **result.to_dict()})
     record["metrics"] = result.metrics()
     record["thresholds"] = [] if verdict is None else verdict.to_list()
     return record
@@ -142,6 +137,7 @@ class LoadKind:
     def run(self, item: pytest.Function, spec: LoadMark, ctx: RunContext) -> tuple[Record, Verdict]:
         from pytest_stressguard.bodies import run_load
         from pytest_stressguard.core.result import LoadInterrupted
+        from pytest_stressguard.kinds.base import Interrupted, effective_sla
 
         sla = effective_sla(spec.sla, ctx.settings)
         try:
@@ -153,6 +149,8 @@ class LoadKind:
         return load_record(result, verdict), verdict
 
     def summary(self, records: Sequence[Record]) -> list[str]:
+        from pytest_stressguard.report.table import metric_cell, short, table, verdict_text
+
         rows = [["load", *(header for _, header in self.columns), "verdict"]]
         for r in records:
             metrics = r.get("metrics", {})
@@ -166,6 +164,8 @@ class LoadKind:
         return table(rows, set(range(1, len(self.columns) + 1)))
 
     def csv_rows(self, record: Record) -> CsvRows:
+        from pytest_stressguard.kinds.base import timeline_rows
+
         return timeline_rows(record)
 
 

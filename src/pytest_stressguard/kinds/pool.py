@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.kinds.base import CsvRows
-from pytest_stressguard.report.table import metric_cell, short, table
+if TYPE_CHECKING:
+    from pytest_stressguard.core.records import Record
+    from pytest_stressguard.kinds.base import CsvRows
 
 
 class PoolKind:
@@ -17,6 +17,8 @@ class PoolKind:
                "dirty_returns", "leaked_connections", "serialization_failures", "deadlocks")
 
     def summary(self, records: Sequence[Record]) -> list[str]:
+        from pytest_stressguard.report.table import metric_cell, short, table
+
         rows = [["db pool", *(c.removeprefix("pool_").replace("_", " ") for c in self.columns)]]
         for r in records:
             m = r["pool"].get("metrics", {})
@@ -33,8 +35,8 @@ class PoolKind:
 def pool_record(report: Any) -> Record:
     """The entry of a test's pool figures (joins its load/stress/soak entry when it has one)."""
     pool = report.to_dict()
-    return cast(Record, {"kind": "pool", "pool": pool, "metrics": dict(pool["metrics"]),
-                          "thresholds": []})
+    return cast("Record", {"kind": "pool", "pool": pool, "metrics": dict(pool["metrics"]),
+                            "thresholds": []})
 
 
 KIND = PoolKind()

@@ -6,23 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.core.thresholds import Threshold
-from pytest_stressguard.core.units import (
-    UnitsError,
-    format_duration,
-    format_size,
-    parse_ratio,
-    parse_size_rate,
-)
-from pytest_stressguard.kinds.base import (
-    CsvRows,
-    Interrupted,
-    RunContext,
-    effective_sla,
-    error_notes,
-    timeline_rows,
-)
 from pytest_stressguard.markers import (
     Duration,
     MarkerError,
@@ -30,15 +13,17 @@ from pytest_stressguard.markers import (
     check_positive_int,
     check_thresholds,
 )
-from pytest_stressguard.report.table import short, spark, table, verdict_text
-from pytest_stressguard.verdict import Verdict
 
 if TYPE_CHECKING:
     import pytest
 
     from pytest_stressguard.core.monitor import ResourceMonitor
+    from pytest_stressguard.core.records import Record
     from pytest_stressguard.core.result import LoadResult
     from pytest_stressguard.core.soak import SoakResult
+    from pytest_stressguard.core.thresholds import Threshold
+    from pytest_stressguard.kinds.base import CsvRows, RunContext
+    from pytest_stressguard.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -72,6 +57,8 @@ def soak(
     """Run the body repeatedly for `duration` while sampling memory; gate on `leak` (e.g.
     '10MB/h', a robust slope after `warmup`), `drift` (e.g. '20%') and `sla`. `watch` names a
     fixture whose value is a pid, a psutil.Process or has `.pid`."""
+    from pytest_stressguard.core.units import UnitsError, parse_ratio, parse_size_rate
+
     try:
         leak_limit = None if leak is None else parse_size_rate(leak)
     except (UnitsError, TypeError) as exc:
@@ -107,6 +94,8 @@ class SoakKind:
         from pytest_stressguard.core.engine import Engine
         from pytest_stressguard.core.monitor import ResourceMonitor
         from pytest_stressguard.core.result import LoadInterrupted
+        from pytest_stressguard.kinds.base import Interrupted, effective_sla
+        from pytest_stressguard.verdict import Verdict
 
         core_spec = soak_core.SoakSpec(
             duration=spec.duration, users=spec.users, think_time=spec.think_time,
@@ -129,7 +118,7 @@ class SoakKind:
         finally:
             monitor.stop()
         verdict = soak_verdict(result)
-        record = cast(Record, {"kind": "soak", **(result.load.to_dict() if result.load else {})})
+        record = cast("Record", {"kind": "soak", **(result.load.to_dict() if result.load else {})})
         record["duration_s"] = result.duration_s
         record["metrics"] = result.metrics()
         record["soak"] = cast(Any, result.to_dict())
@@ -137,6 +126,9 @@ class SoakKind:
         return record, verdict
 
     def summary(self, records: Sequence[Record]) -> list[str]:
+        from pytest_stressguard.core.units import format_duration, format_size
+        from pytest_stressguard.report.table import short, spark, table, verdict_text
+
         rows = [["soak", "ran", "leak (95% bound)", "memory", "drift", "verdict"]]
         for r in records:
             s = r["soak"]
@@ -153,6 +145,8 @@ class SoakKind:
         return table(rows, {1})
 
     def csv_rows(self, record: Record) -> CsvRows:
+        from pytest_stressguard.kinds.base import timeline_rows
+
         soak = record.get("soak", {})
         memory: list[dict[str, object]] = [
             {"nodeid": record["nodeid"], "pid": "self", "t": t, "rss": rss}
@@ -164,6 +158,9 @@ class SoakKind:
 
 
 def soak_verdict(result: SoakResult) -> Verdict:
+    from pytest_stressguard.kinds.base import error_notes
+    from pytest_stressguard.verdict import Verdict
+
     notes = tuple(f"WARNING {w}" for w in result.warnings)
     if result.load is not None:
         notes += error_notes(result.load.errors_by_kind)
@@ -190,7 +187,7 @@ def _watch_target(item: pytest.Function, spec: SoakMark) -> dict[str, object]:
 
 def _interrupted(partial: LoadResult | None, monitor: ResourceMonitor, spec: SoakMark) -> Record:
     """What a Ctrl-C leaves: the iterations so far and the memory samples so far."""
-    record = cast(Record, {"kind": "soak", **(partial.to_dict() if partial else {})})
+    record = cast("Record", {"kind": "soak", **(partial.to_dict() if partial else {})})
     leak = monitor.leak_rate(warmup=spec.warmup)
     record["soak"] = {"leak_bytes_per_h": leak.bytes_per_h, "leak": leak.to_dict(),
                       "leak_bound_bytes_per_h": leak.bound, "peak_rss": monitor.peak_rss,

@@ -6,9 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, cast
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.core.thresholds import Threshold
-from pytest_stressguard.kinds.base import CsvRows, Interrupted, RunContext, effective_sla, timeline_rows
 from pytest_stressguard.markers import (
     Duration,
     MarkerError,
@@ -18,15 +15,15 @@ from pytest_stressguard.markers import (
     check_rate,
     check_thresholds,
 )
-from pytest_stressguard.report.table import ms, short, table, verdict_text
-from pytest_stressguard.verdict import Verdict
 
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_stressguard.core.records import Record
     from pytest_stressguard.core.result import LoadResult
-
-from pytest_stressguard.core.units import format_ratio
+    from pytest_stressguard.core.thresholds import Threshold
+    from pytest_stressguard.kinds.base import CsvRows, RunContext
+    from pytest_stressguard.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -115,6 +112,8 @@ class StressKind:
         from pytest_stressguard.core import stress as search
         from pytest_stressguard.core.loadspec import LoadSpec
         from pytest_stressguard.core.result import LoadInterrupted
+        from pytest_stressguard.kinds.base import Interrupted, effective_sla
+        from pytest_stressguard.verdict import Verdict
 
         sla = effective_sla(spec.sla, ctx.settings)
 
@@ -157,7 +156,7 @@ class StressKind:
         verdict = Verdict("stress", tuple(search.final_checks(result, sla)), tuple(problems),
                           notes=tuple(notes))
         merged = result.merged()
-        record = cast(Record, {"kind": "stress", **(merged.to_dict() if merged else {})})
+        record = cast("Record", {"kind": "stress", **(merged.to_dict() if merged else {})})
         record["metrics"] = {**(merged.metrics() if merged else {}), **result.metrics()}
         record["stress"] = result.to_dict()
         record["thresholds"] = verdict.to_list()
@@ -167,6 +166,9 @@ class StressKind:
         return record, verdict
 
     def summary(self, records: Sequence[Record]) -> list[str]:
+        from pytest_stressguard.core.units import format_ratio
+        from pytest_stressguard.report.table import ms, short, table, verdict_text
+
         rows = [["stress", "capacity", "broke at", "p95 at capacity", "recovery", "verdict"]]
         curves: list[str] = []
         for r in records:
@@ -191,6 +193,8 @@ class StressKind:
         return [*table(rows, {1, 2, 3}), "degradation (load→rps, p95, errors per step):", *curves]
 
     def csv_rows(self, record: Record) -> CsvRows:
+        from pytest_stressguard.kinds.base import timeline_rows
+
         return timeline_rows(record)
 
 

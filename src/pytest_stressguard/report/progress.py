@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from pytest_stressguard.core.units import format_duration, format_rate, format_size
-
 PLAIN_EVERY_S = 5.0
 
 
@@ -42,6 +40,8 @@ class ProgressPrinter:
     def sink(self, nodeid: str, kind: str) -> Callable[[Any], None] | None:
         if not self.enabled() or self._writer() is None:
             return None
+        from pytest_stressguard.core.units import format_duration, format_rate, format_size
+
         name = nodeid.split("::")[-1]
 
         def show(p: Any) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pytest_stressguard.core.records import Record
-from pytest_stressguard.core.trends import sparkline
+if TYPE_CHECKING:
+    from pytest_stressguard.core.records import Record
 
 
 def ms(value: float | None) -> str:
@@ -38,6 +39,8 @@ def metric_cell(metric: str, value: float | None) -> str:
 
 
 def spark(values: Sequence[float]) -> str:
+    from pytest_stressguard.core.trends import sparkline  # the trend statistics: only when drawn
+
     return sparkline(list(values), width=8)
 
 
