@@ -604,3 +604,12 @@ def test_parse_stages_accepts_numbers_and_strings() -> None:
     assert st == (Stage(90.0, 50.0, "users"), Stage(10.0, 0.0, "users"))
     rs = parse_stages([("10s", "6000/min")])
     assert rs == (Stage(10.0, 100.0, "rate"),)
+
+
+def test_a_run_too_short_to_judge_is_not_called_saturated_by_its_cpu() -> None:
+    """200 iterations of an empty body keep a core 100 % busy for a few milliseconds: that is
+    not saturation (issue 11: '[generator saturated] on runs too short to judge')."""
+    assert not Saturation.judge(0.97, None, run_s=0.2).saturated
+    assert Saturation.judge(0.97, None, run_s=2.0).saturated
+    r = Engine().run_sync(lambda: None, LoadSpec(users=4, iterations=200))
+    assert not r.saturation.saturated and not r.warnings

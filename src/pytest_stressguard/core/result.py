@@ -53,6 +53,9 @@ __all__ = [
 
 #: CPU ratio (process CPU seconds / wall seconds) at which the generator counts as saturated.
 CPU_SATURATION = 0.90
+#: Shorter runs are not judged by the generator's CPU (too short to tell a busy core from a
+#: saturated one: 200 iterations of an empty body use 100 % of a core for a few milliseconds).
+MIN_CPU_JUDGE_S = 1.0
 #: Event-loop lag p99 (seconds) above which an async generator counts as saturated.
 LOOP_LAG_SATURATION = 0.020
 #: One stall of the event loop this long (seconds) is saturation, whatever the run's length...
@@ -138,21 +141,23 @@ class Saturation:
         lag_p99_s: float | None,
         lag_over: int | None = None,
         blocked_s: float | None = None,
-        run_s: float = 0.0,
+        run_s: float | None = None,
     ) -> Saturation:
         """``lag_over``: how many lag samples exceeded the limit; one hiccup (a GC pause)
         in a short run is not saturation, so at least 2 are needed when it is given.
         ``blocked_s``: the longest stall of the loop in a run of ``run_s`` seconds; one long
-        stall is saturation on its own (see the module docstring)."""
+        stall is saturation on its own (see the module docstring). The generator's CPU is not
+        judged on runs shorter than ``MIN_CPU_JUDGE_S``: any busy second reads as 100 %."""
         reasons = []
-        if cpu_ratio >= CPU_SATURATION:
+        if cpu_ratio >= CPU_SATURATION and (run_s is None or run_s >= MIN_CPU_JUDGE_S):
             reasons.append(
                 f"the load generator used {cpu_ratio:.0%} of a CPU core (one Python process "
                 "runs Python code on about one core): latencies include waiting for the "
                 "generator's CPU, not only the system under test; spread the load "
                 "(pytest -n) or lower users/rate"
             )
-        block_limit = min(LOOP_BLOCK_SATURATION, max(LOOP_BLOCK_FLOOR, LOOP_BLOCK_SHARE * run_s))
+        block_limit = min(LOOP_BLOCK_SATURATION,
+                          max(LOOP_BLOCK_FLOOR, LOOP_BLOCK_SHARE * (run_s or 0.0)))
         if blocked_s is not None and blocked_s >= block_limit:
             reasons.append(
                 f"the event loop was blocked for {blocked_s:.1f}s by the body (a sync call in "

@@ -215,11 +215,11 @@ class Run:
             )
         cpu_ratio = cpu / wall if wall > 0 else 0.0
         if lag is None:
-            sat = Saturation.judge(cpu_ratio, None)
+            sat = Saturation.judge(cpu_ratio, None, run_s=wall)
         else:
             p99 = lag.hist.p(99) if lag.hist.count else None
             sat = Saturation.judge(cpu_ratio, p99, lag.over, lag.worst, wall)
-        if sat.saturated:
+        if sat.saturated:  # the one place it is said (the verdict shows the warnings)
             warnings.append(f"load generator saturated: {sat.reason}")
         return LoadResult(
             iterations=c.iterations,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_stressguard.core.records import Record
+    from pytest_stressguard.core.result import LoadResult
     from pytest_stressguard.core.thresholds import Threshold
     from pytest_stressguard.settings import Settings
     from pytest_stressguard.verdict import Verdict
@@ -99,3 +100,20 @@ def timeline_rows(record: Record) -> CsvRows:
     rows: list[dict[str, object]] = [{"nodeid": record["nodeid"], **row}
                                      for row in record.get("timeline", [])]
     return {"load_timeline": rows} if rows else {}
+
+
+def evidence_problems(result: LoadResult) -> tuple[str, ...]:
+    """What makes a load run no evidence at all: never green when nothing was measured, or
+    when users hung or never ran (the load asked for was not the load applied)."""
+    problems = []
+    if result.iterations == 0 and not result.interrupted:
+        problems.append("no iteration completed: nothing was measured")
+    if result.abandoned_users:
+        problems.append(f"{result.abandoned_users} user(s) were still inside an iteration when "
+                        "the run ended and were abandoned: a body that hangs or a server that "
+                        "never answers (give the call a timeout)")
+    if result.users_not_started:
+        problems.append(f"{result.users_not_started} of the requested users never ran: the "
+                        "load asked for was not applied")
+    return tuple(problems)
+

@@ -105,16 +105,13 @@ def load(
 def load_verdict(result: LoadResult, sla: Sequence[Threshold]) -> Verdict:
     from pytest_stressguard.core.stress import endpoint_metrics, result_metrics
     from pytest_stressguard.core.thresholds import evaluate
-    from pytest_stressguard.kinds.base import error_notes
+    from pytest_stressguard.kinds.base import error_notes, evidence_problems
     from pytest_stressguard.verdict import Verdict
 
     checks = evaluate(sla, result_metrics(result, sla), endpoint_metrics(result))
-    notes = []
-    if result.saturation.saturated:
-        notes.append(f"WARNING generator saturated: {result.saturation.reason} — latencies "
-                     f"measure the client, not the server")
-    notes += [f"WARNING {w}" for w in result.warnings]
-    return Verdict("load", tuple(checks), notes=(*notes, *error_notes(result.errors_by_kind)))
+    # saturation is among the warnings (said once: the engine words it)
+    notes = (*(f"WARNING {w}" for w in result.warnings), *error_notes(result.errors_by_kind))
+    return Verdict("load", tuple(checks), evidence_problems(result), notes=notes)
 
 
 def load_record(result: LoadResult, verdict: Verdict | None) -> Record:
@@ -122,6 +119,7 @@ def load_record(result: LoadResult, verdict: Verdict | None) -> Record:
     record = cast("Record", {"kind": "load", **result.to_dict()})
     record["metrics"] = result.metrics()
     record["thresholds"] = [] if verdict is None else verdict.to_list()
+    record["problems"] = [] if verdict is None else list(verdict.problems)
     return record
 
 
@@ -131,8 +129,8 @@ class LoadKind:
     baseline_metrics: tuple[str, ...] = ("p95", "rps")
     #: The summary table's columns: (declared metric, header), each cell formatted by the
     #: metric's dimension.
-    columns = (("iterations", "iters"), ("rps", "rps"), ("p50", "p50"), ("p95", "p95"),
-               ("p99", "p99"), ("max", "max"), ("error_rate", "errors"))
+    columns = (("iterations", "iters"), ("rps", "rps"), ("ok_rps", "ok rps"), ("p50", "p50"),
+               ("p95", "p95"), ("p99", "p99"), ("max", "max"), ("error_rate", "errors"))
 
     def run(self, item: pytest.Function, spec: LoadMark, ctx: RunContext) -> tuple[Record, Verdict]:
         from pytest_stressguard.bodies import run_load

@@ -123,6 +123,7 @@ class SoakKind:
         record["metrics"] = result.metrics()
         record["soak"] = cast(Any, result.to_dict())
         record["thresholds"] = verdict.to_list()
+        record["problems"] = list(verdict.problems)
         return record, verdict
 
     def summary(self, records: Sequence[Record]) -> list[str]:
@@ -158,18 +159,20 @@ class SoakKind:
 
 
 def soak_verdict(result: SoakResult) -> Verdict:
-    from pytest_stressguard.kinds.base import error_notes
+    from pytest_stressguard.kinds.base import error_notes, evidence_problems
     from pytest_stressguard.verdict import Verdict
 
     notes = tuple(f"WARNING {w}" for w in result.warnings)
+    problems: tuple[str, ...] = ()
     if result.load is not None:
         notes += error_notes(result.load.errors_by_kind)
+        problems = evidence_problems(result.load)
     if result.alloc_sites:
         notes += ("top allocation sites still holding memory:",
                   *(f"  {site.describe()}" for site in result.alloc_sites))
     elif result.alloc_note:
         notes += (result.alloc_note,)
-    return Verdict("soak", tuple(result.thresholds), notes=notes,
+    return Verdict("soak", tuple(result.thresholds), problems, notes=notes,
                    detail="" if result.ok else result.describe())
 
 
