@@ -106,6 +106,8 @@ class StressGuardPlugin:
         self.worker = worker_id(config)
         self._progress: ProgressPrinter | None = None
         self.bound: dict[str, tuple[str, Any] | None] = {}  # function definition -> its mark
+        self.written: list[str] = []  # report files written at the end, one line each
+        self.write_failures: list[str] = []
         config.stash[SETTINGS_KEY] = settings
         config.stash[STORE_KEY] = self.store
 
@@ -288,19 +290,26 @@ class StressGuardPlugin:
             return  # the common case: no report, CSV or baseline asked for
         from pytest_stressguard.report import outputs
 
-        outputs.write_all(self.config, self.store, self.settings,
-                          self.config.stash.get(OUTCOME_KEY, None), int(exitstatus))
+        self.written, self.write_failures = outputs.write_all(
+            self.config, self.store, self.settings, self.config.stash.get(OUTCOME_KEY, None),
+            int(exitstatus))
+        if self.write_failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # CI reads the report: say so
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
                                 config: pytest.Config) -> None:
         outcome = config.stash.get(OUTCOME_KEY, None)
         store = self.store
-        if not (store.records or store.repeat_count > 1 or store.lost_workers or
+        if (store.records or store.repeat_count > 1 or store.lost_workers or
                 (outcome is not None and (outcome.gates or outcome.failed or outcome.comparison))):
-            return  # nothing to say: a suite without stressguard features prints nothing
-        from pytest_stressguard.report.terminal import write_summary
+            from pytest_stressguard.report.terminal import write_summary
 
-        write_summary(terminalreporter, store, outcome, self.settings)
+            write_summary(terminalreporter, store, outcome, self.settings)
+        # after the summary, which is printed whether or not a file could be written
+        for line in self.written:
+            terminalreporter.write_line(f"stressguard: wrote {line}")
+        for line in self.write_failures:
+            terminalreporter.write_line(f"stressguard: FAILED: {line}", red=True)
 
 
 class TrendTracker:

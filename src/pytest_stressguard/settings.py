@@ -142,7 +142,9 @@ def ini_name(opt: _Option) -> str:
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stressguard", "load, stress, soak and race testing (stressguard)")
     for opt in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": opt.help}
+        # argparse %-formats help strings: a literal % (as in 'p95:+10%') must be doubled
+        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None,
+                                  "help": opt.help.replace("%", "%%")}
         if opt.repeatable:
             kwargs["action"] = "append"
         if opt.parse is not None:
@@ -230,7 +232,7 @@ def load_settings(config: pytest.Config) -> Settings:
         value = raw[name]
         return None if value is None else str(value)
 
-    return Settings(
+    settings = Settings(
         sla=_parse_many(raw["sla"] or (), parse_threshold, sources["sla"]),
         gates=_parse_many(raw["gate"] or (), parse_gate, sources["gate"]),
         time_scale=float(raw["time-scale"]) if raw["time-scale"] is not None else 1.0,
@@ -245,3 +247,32 @@ def load_settings(config: pytest.Config) -> Settings:
         baseline_dir=text("dir"),
         trends=raw["trends"] != "off",
     )
+    if any((settings.json_path, settings.html_path, settings.csv_dir, settings.save,
+            settings.compare)):
+        check_outputs(config, settings)
+    return settings
+
+
+def check_outputs(config: pytest.Config, settings: Settings) -> None:
+    """Every report path and baseline name, checked before any test runs (exit 4, one line):
+    a report that cannot be written must not surface as a traceback after a long soak."""
+    from pytest_stressguard.report import baselines, paths
+
+    try:
+        for flag, value in (("--stressguard-json", settings.json_path),
+                            ("--stressguard-html", settings.html_path)):
+            if value:
+                paths.check_file(flag, value)
+        if settings.csv_dir:
+            paths.check_dir("--stressguard-csv", settings.csv_dir)
+        for flag, name in (("--stressguard-save", settings.save),
+                           ("--stressguard-compare", settings.compare)):
+            if name:
+                try:
+                    baselines.check_name(name)
+                except baselines.BaselineError as exc:
+                    raise pytest.UsageError(f"{flag}={name}: {exc}") from None
+        if settings.save:
+            paths.check_dir("--stressguard-dir", str(baselines.directory(config, settings)))
+    except (paths.OutputPathError, baselines.BaselineError) as exc:
+        raise pytest.UsageError(str(exc)) from None

@@ -34,14 +34,15 @@ def directory(config: pytest.Config, settings: Settings) -> Path:
         config.rootpath / ".stressguard" / "baselines"
 
 
-def _safe(name: str) -> str:
+def check_name(name: str) -> str:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise BaselineError(f"baseline name {name!r}: use letters, digits, '-', '_' and '.'")
+        raise BaselineError(f"baseline name {name!r}: use letters, digits, '-', '_' and '.' "
+                            f"(not starting with '.')")
     return name
 
 
 def save(config: pytest.Config, settings: Settings, document: dict[str, Any]) -> Path:
-    path = directory(config, settings) / f"{_safe(settings.save or '')}.json"
+    path = directory(config, settings) / f"{check_name(settings.save or '')}.json"
     # every metric the entry measured: a later rule may compare any of them
     tests = {t["nodeid"]: dict(t.get("metrics", {})) for t in document["tests"] if t.get("nodeid")}
     atomic_write(path, json.dumps({"schema": BASELINE_SCHEMA,
@@ -84,7 +85,7 @@ def _checked(data: object, where: str) -> Figures:
 def load(config: pytest.Config, settings: Settings, name: str) -> Figures:
     """The figures of baseline ``name``, validated: a file of another shape is refused with its
     path and the first wrong field, never an internal error."""
-    path = directory(config, settings) / f"{_safe(name)}.json"
+    path = directory(config, settings) / f"{check_name(name)}.json"
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.exists() else []
         raise BaselineError(f"baseline {name!r} not found in {path.parent}"

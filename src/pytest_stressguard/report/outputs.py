@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,37 @@ padding:2px 6px}}</style></head><body><h1>stressguard report</h1>
 
 
 def write_all(config: pytest.Config, store: SessionStore, settings: Settings,
-              outcome: SessionOutcome | None, exitstatus: int) -> None:
+              outcome: SessionOutcome | None, exitstatus: int) -> tuple[list[str], list[str]]:
+    """Write every file asked for; return (what was written, what could not be) as one line
+    each. A failure is reported, not raised: the summary and the other files still come."""
+    written: list[str] = []
+    failed: list[str] = []
     wanted = settings.json_path or settings.html_path or settings.save
+
+    def attempt(what: str, where: Path, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except (OSError, ValueError) as exc:
+            failed.append(f"could not write {what} to {where}: {exc}")
+        else:
+            written.append(f"{what}: {where}")
+
     document = build_document(config, store, outcome, exitstatus) if wanted else None
     if settings.json_path and document is not None:
-        atomic_write(Path(settings.json_path), json.dumps(document, indent=1, default=str))
+        path = Path(settings.json_path)
+        attempt("the JSON report", path,
+                lambda: atomic_write(path, json.dumps(document, indent=1, default=str)))
     if settings.html_path and document is not None:
-        atomic_write(Path(settings.html_path), render_html(document))
+        html_path = Path(settings.html_path)
+        attempt("the HTML report", html_path,
+                lambda: atomic_write(html_path, render_html(document)))
     if settings.csv_dir:
-        write_csv(Path(settings.csv_dir), store)
+        csv_dir = Path(settings.csv_dir)
+        attempt("the CSV files", csv_dir, lambda: write_csv(csv_dir, store))
     if settings.save and document is not None:
         from pytest_stressguard.report import baselines
 
-        baselines.save(config, settings, document)
+        target = baselines.directory(config, settings) / f"{settings.save}.json"
+        attempt(f"baseline {settings.save!r}", target,
+                lambda: baselines.save(config, settings, document))
+    return written, failed
