@@ -256,7 +256,7 @@ def load_settings(config: pytest.Config) -> Settings:
 def check_outputs(config: pytest.Config, settings: Settings) -> None:
     """Every report path and baseline name, checked before any test runs (exit 4, one line):
     a report that cannot be written must not surface as a traceback after a long soak."""
-    from pytest_stressguard.report import baselines, paths
+    from pytest_stressguard.report import paths
 
     try:
         for flag, value in (("--stressguard-json", settings.json_path),
@@ -269,10 +269,11 @@ def check_outputs(config: pytest.Config, settings: Settings) -> None:
                            ("--stressguard-compare", settings.compare)):
             if name:
                 try:
-                    baselines.check_name(name)
-                except baselines.BaselineError as exc:
+                    paths.check_baseline_name(name)
+                except paths.OutputPathError as exc:
                     raise pytest.UsageError(f"{flag}={name}: {exc}") from None
         if settings.save:
-            paths.check_dir("--stressguard-dir", str(baselines.directory(config, settings)))
-    except (paths.OutputPathError, baselines.BaselineError) as exc:
+            where = paths.baseline_directory(config.rootpath, settings.baseline_dir)
+            paths.check_dir("--stressguard-dir", str(where))
+    except paths.OutputPathError as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -10,6 +10,7 @@ import pytest
 
 from pytest_stressguard.core.records import Record
 from pytest_stressguard.core.thresholds import format_metric_value
+from pytest_stressguard.report import paths
 from pytest_stressguard.report.files import atomic_write
 from pytest_stressguard.settings import Settings
 
@@ -30,15 +31,14 @@ def compared(record: Record) -> list[str]:
 
 
 def directory(config: pytest.Config, settings: Settings) -> Path:
-    return Path(settings.baseline_dir) if settings.baseline_dir else \
-        config.rootpath / ".stressguard" / "baselines"
+    return paths.baseline_directory(config.rootpath, settings.baseline_dir)
 
 
 def check_name(name: str) -> str:
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise BaselineError(f"baseline name {name!r}: use letters, digits, '-', '_' and '.' "
-                            f"(not starting with '.')")
-    return name
+    try:
+        return paths.check_baseline_name(name)
+    except paths.OutputPathError as exc:
+        raise BaselineError(str(exc)) from None
 
 
 def save(config: pytest.Config, settings: Settings, document: dict[str, Any]) -> Path:

@@ -46,3 +46,15 @@ def check_dir(option: str, value: str) -> None:
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{option}={value}: exists and is not a directory")
     _writable_dir(path, option, value)
+
+
+def check_baseline_name(name: str) -> str:
+    """A baseline is a file in the baselines directory: its name stays a plain file name."""
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise OutputPathError(f"baseline name {name!r}: use letters, digits, '-', '_' and '.' "
+                              f"(not starting with '.')")
+    return name
+
+
+def baseline_directory(rootpath: Path, configured: str | None) -> Path:
+    return Path(configured) if configured else rootpath / ".stressguard" / "baselines"
