@@ -1,7 +1,7 @@
 """Stress: find the breaking point of the item listing, and check that the service recovers.
 
 The scenario (the seeds' "Breaking point identification" and "Quick stress check"): requests
-arrive at 50/s, then 400/s more at every step, up to 4050/s (open model: arrivals do not wait
+arrive at 50/s, then 100/s more at every step, up to 2050/s (open model: arrivals do not wait
 for responses, as real clients do not, and latency counts from the intended start, so a queue
 building up in the server shows). At every step the SLA is checked: p95 < 500 ms, errors < 0.1 %
 and no arrival dropped (more than 1000 requests in flight). The last step that held is the
@@ -36,7 +36,7 @@ def catalogue(demo_service: DemoService) -> None:
                                             "data": {"colour": "blue", "size": i % 7}}).raise_for_status()
 
 
-@pytest.mark.stress(start_rate="50/s", step_rate="400/s", max_rate="4050/s", max_users=1000,
+@pytest.mark.stress(start_rate="50/s", step_rate="100/s", max_rate="2050/s", max_users=1000,
                     step_duration="3m", sla=["p95<500ms", "error_rate<0.1%", "dropped==0"],
                     expect_capacity="100/s")
 async def test_breaking_point_of_the_item_list(demo_api: Any, catalogue: None) -> None:
