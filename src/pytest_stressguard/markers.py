@@ -125,7 +125,9 @@ def bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
             raise MarkerError(
                 f"unknown argument {unknown[0]!r}; allowed: {allowed}"
             ) from None
-        raise MarkerError(f"{exc}; allowed: {allowed}") from None
+        # one wording on every Python (3.13 says "a required keyword-only argument")
+        reason = str(exc).replace("keyword-only argument", "argument")
+        raise MarkerError(f"{reason}; allowed: {allowed}") from None
     try:
         return fn(*args, **kwargs)
     except MarkerError:
