@@ -24,10 +24,15 @@ fi
 # this machine's current service stack two of its SLAs sit at their limits (the CRUD peak's
 # p95 200 ms, a soak's drift), so it fails by chance; scripts/examples.sh runs it.
 
-find_python() {  # find_python 3.10 -> the path of a python3.10, or nothing
+find_python() {  # find_python 3.10 -> the path of a python3.10 that runs, or nothing
   local version=$1 candidate
-  for candidate in "python$version" "$HOME"/.pyenv/versions/"$version"*/bin/python; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return; fi
+  # a pyenv shim is on PATH even when that version is not selected: it must actually run
+  for candidate in "$HOME"/.pyenv/versions/"$version"*/bin/python "python$version"; do
+    if "$candidate" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$version'.split('.')))" \
+        >/dev/null 2>&1; then
+      command -v "$candidate"
+      return
+    fi
   done
 }
 
